@@ -1,0 +1,83 @@
+"""Frame and mask preparation: validation, resizing to ``max_internal_size``, padding to 16."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+STRIDE = 16
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """How a frame of ``size`` (H, W) maps to the network input: resized to ``internal``
+    then padded by ``pad`` = (left, right, top, bottom) to a multiple of 16."""
+
+    size: tuple[int, int]
+    internal: tuple[int, int]
+    pad: tuple[int, int, int, int]
+
+    @classmethod
+    def for_size(cls, size: tuple[int, int], max_internal_size: int) -> "FrameGeometry":
+        h, w = size
+        internal = size
+        if 0 < max_internal_size < min(h, w):
+            internal = (int(h / min(h, w) * max_internal_size), int(w / min(h, w) * max_internal_size))
+        pad_h, pad_w = (-internal[0]) % STRIDE, (-internal[1]) % STRIDE
+        return cls(size, internal, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+
+    @property
+    def resized(self) -> bool:
+        return self.internal != self.size
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """Network-size ``[C, H', W']`` -> frame-size ``[C, H, W]`` (unpad, then resize back)."""
+        left, right, top, bottom = self.pad
+        x = x[:, top:x.shape[1] - bottom, left:x.shape[2] - right]
+        if self.resized:
+            x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False)[0]
+        return x
+
+
+def prepare_image(image: np.ndarray, max_internal_size: int, device: torch.device) -> tuple[torch.Tensor, FrameGeometry]:
+    """``HxWx3`` RGB (uint8, or float in [0, 1]) -> ``[1, 3, H', W']`` float32 on ``device``."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", type(image).__name__)
+        raise ValueError(f"image must be an HxWx3 RGB numpy array, got {shape}")
+    geometry = FrameGeometry.for_size(image.shape[:2], max_internal_size)
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    x = x.permute(2, 0, 1).float()
+    if image.dtype == np.uint8:
+        x = x / 255
+    if geometry.resized:
+        x = F.interpolate(x[None], size=geometry.internal, mode="bilinear", align_corners=False)[0]
+    return F.pad(x, geometry.pad)[None], geometry
+
+
+def prepare_mask(mask: np.ndarray, objects: list[int] | None, geometry: FrameGeometry,
+                 device: torch.device) -> tuple[torch.Tensor, list[int]]:
+    """Validate an ``HxW`` label map -> (padded ``[H', W']`` int64 labels, object ids)."""
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
+        shape = getattr(mask, "shape", type(mask).__name__)
+        raise ValueError(f"mask must be an HxW integer label map, got {shape} {getattr(mask, 'dtype', '')}".rstrip())
+    if mask.shape != geometry.size:
+        raise ValueError(f"mask size {mask.shape[0]}x{mask.shape[1]} does not match image size "
+                         f"{geometry.size[0]}x{geometry.size[1]}")
+    present = [int(v) for v in np.unique(mask) if v != 0]
+    if objects is None:
+        objects = present
+    objects = [int(o) for o in objects]
+    if any(o < 1 or o > 255 for o in objects) or len(set(objects)) != len(objects):
+        raise ValueError(f"objects must be distinct ids in 1..255, got {objects}")
+    unlisted = sorted(set(present) - set(objects))
+    if unlisted:
+        raise ValueError(f"mask has labels {unlisted} that are not listed in objects={objects}")
+    if not objects:
+        raise ValueError("the mask holds no object (only background)")
+    labels = torch.from_numpy(mask.astype(np.int64)).to(device)
+    if geometry.resized:
+        labels = F.interpolate(labels[None, None].float(), size=geometry.internal,
+                               mode="nearest-exact")[0, 0].round().long()
+    return F.pad(labels, geometry.pad), objects
