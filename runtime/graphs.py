@@ -13,11 +13,9 @@ from vosrt.models.cutie import Cutie
 
 
 class ImageFeatures(NamedTuple):
-    """Output of the image encoder (B = 1): f16 ``[1, C16, h, w]``, f8 ``[1, C8, 2h, 2w]``,
-    f4 ``[1, C4, 4h, 4w]``, pix_feat ``[1, C, h, w]``, key/selection ``[1, Ck, h, w]``,
+    """Output of the image encoder (B = 1): f8 ``[1, C8, 2h, 2w]``, f4 ``[1, C4, 4h, 4w]``, pix_feat ``[1, C, h, w]``, key/selection ``[1, Ck, h, w]``,
     shrinkage ``[1, 1, h, w]``."""
 
-    f16: torch.Tensor
     f8: torch.Tensor
     f4: torch.Tensor
     pix_feat: torch.Tensor

@@ -47,7 +47,7 @@ def prepare_image(image: np.ndarray, max_internal_size: int, device: torch.devic
         shape = getattr(image, "shape", type(image).__name__)
         raise ValueError(f"image must be an HxWx3 RGB numpy array, got {shape}")
     geometry = FrameGeometry.for_size(image.shape[:2], max_internal_size)
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+    x = torch.from_numpy(np.array(image)).to(device)  # a copy: the input may be read-only
     x = x.permute(2, 0, 1).float()
     if image.dtype == np.uint8:
         x = x / 255

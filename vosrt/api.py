@@ -11,7 +11,7 @@ from vosrt.runtime.graphs import TorchGraphs
 from vosrt.runtime.session import CutieSession, InferenceConfig
 
 MODELS = tuple(CONFIGS)
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "onnxruntime")
 
 
 def build_model(name: str, weights: str | Path | None = None) -> Cutie:
@@ -33,11 +33,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load(name: str, weights: str | Path | None = None, *, backend: str = "torch", device: str = "cpu",
-         **options) -> CutieSession:
+         export_dir: str | Path | None = None, fp16: bool = False, **options) -> CutieSession:
     """Create a segmentation session.
 
     name: ``cutie-small`` or ``cutie-base``. weights: a checkpoint file; None downloads the
-    official one. backend: ``torch``. options: :class:`InferenceConfig` fields
+    official one. backend: ``torch`` (eager) or ``onnxruntime``. export_dir (onnxruntime): a
+    directory written by ``export-engine --format onnx``; None exports the graphs once into
+    the cache. fp16 (onnxruntime): use fp16 graphs. options: :class:`InferenceConfig` fields
     (``mem_every``, ``max_mem_frames``, ``top_k``, ``stagger_updates``, ``chunk_size``,
     ``max_internal_size``).
     """
@@ -47,5 +49,27 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(InferenceConfig.__dataclass_fields__)}")
     config = InferenceConfig(**options)
-    graphs = TorchGraphs(build_model(name, weights), resolve_device(device), config.top_k)
-    return CutieSession(graphs, config)
+    device = resolve_device(device)
+    if backend == "torch":
+        return CutieSession(TorchGraphs(build_model(name, weights), device, config.top_k), config)
+    return CutieSession(_onnxruntime_graphs(name, weights, device, export_dir, fp16, config), config)
+
+
+def _onnxruntime_graphs(name, weights, device, export_dir, fp16, config):
+    from vosrt.export.onnx_export import export_onnx, read_manifest, sha256
+    from vosrt.runtime.onnxruntime_graphs import OnnxRuntimeGraphs
+
+    if export_dir is None:
+        path = Path(weights) if weights is not None else wts.fetch(wts.CHECKPOINTS[wts.DEFAULT_CHECKPOINT[name]])
+        precision = "fp16" if fp16 else "fp32"
+        export_dir = wts.cache_dir() / "onnx" / f"{name}-{sha256(path)[:16]}-k{config.top_k}-{precision}"
+        if not (export_dir / "manifest.json").is_file():
+            export_onnx(build_model(name, path), name, export_dir, checkpoint=path, top_k=config.top_k,
+                        max_mem_frames=config.max_mem_frames, fp16=fp16)
+    manifest = read_manifest(export_dir)
+    if manifest["model"] != name:
+        raise ValueError(f"{export_dir} holds {manifest['model']}, not {name}")
+    if manifest["top_k"] != config.top_k:
+        raise ValueError(f"{export_dir} was exported with top_k={manifest['top_k']}; "
+                         f"pass top_k={manifest['top_k']} or export again with --top-k {config.top_k}")
+    return OnnxRuntimeGraphs(export_dir, device)

@@ -19,6 +19,7 @@ from vosrt.kernels.topk_readout import topk_readout
 from .resnet import ResNetTrunk
 from .transformer import ObjectSummarizer, QueryTransformer, aggregate
 
+STRIDE = 16  # of the memory features w.r.t. the (padded) image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -175,11 +176,12 @@ class Cutie(nn.Module):
         return (image - self.pixel_mean) / self.pixel_std
 
     def encode_image(self, image: torch.Tensor):
-        """image ``[B, 3, H, W]`` in [0, 1] -> f16 ``[B, C16, h, w]``, f8, f4, pix_feat ``[B, C, h, w]``,
-        key ``[B, Ck, h, w]``, shrinkage ``[B, 1, h, w]``, selection ``[B, Ck, h, w]``."""
+        """image ``[B, 3, H, W]`` in [0, 1] -> f8 ``[B, C8, 2h, 2w]``, f4 ``[B, C4, 4h, 4w]`` (skip
+        features), pix_feat ``[B, C, h, w]``, key ``[B, Ck, h, w]``, shrinkage ``[B, 1, h, w]``,
+        selection ``[B, Ck, h, w]``."""
         f16, f8, f4 = self.pixel_encoder(self.normalize(image))
         key, shrinkage, selection = self.key_proj(f16)
-        return f16, f8, f4, self.pix_feat_proj(f16), key, shrinkage, selection
+        return f8, f4, self.pix_feat_proj(f16), key, shrinkage, selection
 
     def encode_mask(self, image, pix_feat, sensory, masks):
         """image ``[B, 3, H, W]`` in [0, 1], pix_feat ``[B, C, h, w]``, sensory ``[B, K, C, h, w]``,
@@ -203,7 +205,7 @@ class Cutie(nn.Module):
         visual = readout_fn(key.flatten(2), selection.flatten(2), memory_key, memory_shrinkage,
                             memory_value.reshape(b, k * cv, n), memory_valid, top_k)
         visual = visual.view(b, k, cv, h, w).to(pix_feat.dtype)
-        last_mask = area_downsample(last_mask, last_mask.shape[-1] // w)
+        last_mask = area_downsample(last_mask, STRIDE)
         fused = self.pixel_fuser(pix_feat, visual, sensory, last_mask)
         return self.object_transformer(fused, obj_memory)
 

@@ -57,7 +57,7 @@ class ObjectSummarizer(nn.Module):
 
     def forward(self, masks: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         h, w = value.shape[-2:]
-        masks = F.avg_pool2d(masks, masks.shape[-1] // w).unsqueeze(-1)  # [B, K, h, w, 1]
+        masks = F.avg_pool2d(masks, 16).unsqueeze(-1)  # image size -> [B, K, h, w, 1] (stride 16)
         half = self.num_summaries // 2
         allowed = torch.cat([masks.expand(-1, -1, -1, -1, half), (1 - masks).expand(-1, -1, -1, -1, half)], -1)
         value = self.input_proj(value.permute(0, 1, 3, 4, 2))
