@@ -1,37 +1,35 @@
-"""Top-K memory readout: Triton kernel (run by Triton's interpreter on CPU) vs the torch reference.
+"""Top-K memory readout: the Triton kernel vs the torch reference, and the reference vs a dense softmax.
 
-``triton.jit`` decides between compiling and interpreting when a kernel is decorated,
-i.e. when its module is imported. So this file sets TRITON_INTERPRET, executes a
-private copy of ``vosrt.kernels.topk_readout`` (fresh even if another test imported
-the module first) and restores the environment, leaving other kernels untouched.
+Without a CUDA GPU the kernel runs in Triton's interpreter on CPU tensors. Triton
+chooses between compiling and interpreting when it decorates functions, its own
+included, so TRITON_INTERPRET must be set before triton is first imported: this
+module sets it before importing anything that imports triton, and skips the kernel
+tests if an earlier import beat it (set TRITON_INTERPRET=1 in the environment, or run
+this file on its own, to avoid that). With a GPU the compiled kernel runs instead.
 """
 
-import importlib.util
 import math
 import os
+import sys
+from typing import NamedTuple
 
-_PREVIOUS_INTERPRET = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TRITON_IMPORTED_TOO_EARLY = (
+    DEVICE == "cpu" and "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+)
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
-pytest.importorskip("triton")
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+from vosrt.kernels import topk_readout as tr  # noqa: E402
 
-
-def _load_interpreted_module():
-    spec = importlib.util.find_spec("vosrt.kernels.topk_readout")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tr = _load_interpreted_module()
-if _PREVIOUS_INTERPRET is None:
-    del os.environ["TRITON_INTERPRET"]
-else:
-    os.environ["TRITON_INTERPRET"] = _PREVIOUS_INTERPRET
+needs_kernel = pytest.mark.skipif(
+    tr.triton is None or TRITON_IMPORTED_TOO_EARLY,
+    reason="needs triton, imported after TRITON_INTERPRET=1 when there is no GPU",
+)
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}
 
@@ -81,49 +79,70 @@ def assert_top_k_unambiguous(inputs, top_k):
         return
     kth, next_ = sim[:, top_k - 1], sim[:, top_k]
     contested = torch.isfinite(next_)
-    gap = (kth - next_)[contested]
-    assert gap.numel() == 0 or gap.min() > 1e-4 * (1 + kth[contested].abs().max()), "near-tie at the top-k boundary"
+    margin = (kth - next_ - 1e-4 * (1 + kth.abs()))[contested]
+    assert margin.numel() == 0 or margin.min() > 0, "near-tie at the top-k boundary"
+
+
+class Case(NamedTuple):
+    seed: int
+    batch: int
+    objects: int
+    value_dim: int
+    ck: int
+    hw: int
+    n_slots: int
+    top_k: int
+    inputs: dict = {}  # extra make_inputs options, plus slot_major=True for [B, N, V]-stored values
+    blocks: dict = {}  # kernel block sizes
 
 
 CASES = {
-    # name: (seed, batch, objects, value_dim, Ck, HW, N, top_k, input options, kernel block sizes)
-    "two_n_blocks": (0, 1, 1, 8, 8, 10, 50, 30, {}, dict(BLOCK_Q=16, BLOCK_N=32)),
-    "padded_five_n_blocks": (1, 2, 2, 8, 16, 40, 300, 30, dict(invalid_fraction=0.3), dict(BLOCK_Q=16, BLOCK_N=64)),
-    "n_below_top_k_block_n_raised": (2, 2, 4, 8, 12, 20, 20, 30, {}, dict(BLOCK_Q=8, BLOCK_N=16)),
-    "fewer_valid_than_top_k": (3, 2, 3, 8, 8, 24, 100, 30, dict(valid_counts=(12, 0)), dict(BLOCK_Q=16, BLOCK_N=32,
-                                                                                             BLOCK_V=16)),
-    "small_k_slot_major_values": (4, 1, 2, 4, 16, 33, 130, 5, dict(slot_major=True), dict(BLOCK_Q=16, BLOCK_N=16)),
-    "top_1": (5, 1, 1, 8, 8, 17, 70, 1, {}, dict(BLOCK_Q=16, BLOCK_N=16, BLOCK_V=4)),
+    "two_n_blocks": Case(0, 1, 1, 8, 8, 10, 50, 30, blocks=dict(BLOCK_Q=16, BLOCK_N=32)),
+    "padded_five_n_blocks": Case(7, 2, 2, 8, 16, 40, 300, 30, dict(invalid_fraction=0.3),
+                                 dict(BLOCK_Q=16, BLOCK_N=64)),
+    "n_below_top_k_block_n_raised": Case(2, 2, 4, 8, 12, 20, 20, 30, blocks=dict(BLOCK_Q=8, BLOCK_N=16)),
+    "fewer_valid_than_top_k": Case(3, 2, 3, 8, 8, 24, 100, 30, dict(valid_counts=(12, 0)),
+                                   dict(BLOCK_Q=16, BLOCK_N=32, BLOCK_V=16)),
+    "small_k_slot_major_values": Case(6, 1, 2, 4, 16, 33, 130, 5, dict(slot_major=True),
+                                      dict(BLOCK_Q=16, BLOCK_N=16)),
+    "top_1": Case(5, 1, 1, 8, 8, 17, 70, 1, blocks=dict(BLOCK_Q=16, BLOCK_N=16, BLOCK_V=4)),
 }
 
 
-def case_inputs(name, dtype):
-    seed, batch, objects, value_dim, ck, hw, n_slots, top_k, options, blocks = CASES[name]
-    options = dict(options)
+def case_inputs(case, dtype):
+    options = dict(case.inputs)
     slot_major = options.pop("slot_major", False)
-    inputs = make_inputs(seed, batch, ck, hw, n_slots, objects * value_dim, dtype=dtype, **options)
+    inputs = make_inputs(case.seed, case.batch, case.ck, case.hw, case.n_slots, case.objects * case.value_dim,
+                         dtype=dtype, **options)
     if slot_major:  # values stored [B, N, V], passed as a [B, V, N] view
         inputs[4] = inputs[4].transpose(1, 2).contiguous().transpose(1, 2)
-    return inputs, top_k, blocks
+    return inputs
 
 
+@needs_kernel
+@pytest.mark.skipif(DEVICE != "cpu", reason="a GPU is present: the kernel is compiled")
 def test_kernel_runs_in_the_interpreter():
+    from triton.runtime.interpreter import InterpretedFunction
+
     assert isinstance(tr._topk_readout_kernel, InterpretedFunction)
 
 
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_triton_matches_reference(name, dtype):
-    inputs, top_k, blocks = case_inputs(name, dtype)
-    assert_top_k_unambiguous(inputs, top_k)
-    expected = tr.topk_readout_reference(*inputs, top_k)
-    got = tr.topk_readout_triton(*inputs, top_k, **blocks)
+    case = CASES[name]
+    inputs = [t.to(DEVICE) for t in case_inputs(case, dtype)]
+    assert_top_k_unambiguous(inputs, case.top_k)
+    expected = tr.topk_readout_reference(*inputs, case.top_k)
+    got = tr.topk_readout_triton(*inputs, case.top_k, **case.blocks)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert (got - expected).abs().max().item() <= TOLERANCE[dtype]
 
 
+@needs_kernel
 def test_triton_ties_go_to_the_lower_slot():
-    qk, qe, mk, ms, mv, valid = make_inputs(6, 1, 8, 12, 40, 8)
+    qk, qe, mk, ms, mv, valid = (t.to(DEVICE) for t in make_inputs(6, 1, 8, 12, 40, 8))
     mk[:] = mk[:, :, :1]  # every slot has the same key and shrinkage: all scores are equal
     ms[:] = 2.0
     valid[0, 0] = False
@@ -134,9 +153,8 @@ def test_triton_ties_go_to_the_lower_slot():
 
 def test_reference_matches_dense_softmax():
     inputs = make_inputs(7, 3, 4, 6, 9, 5, valid_counts=(9, 3, 0))
-    inputs[0][2] = inputs[0][0]  # batch item 2 has no valid slot: its readout is zero
     assert_top_k_unambiguous(inputs, 4)
-    got = tr.topk_readout_reference(*inputs, 4)
+    got = tr.topk_readout_reference(*inputs, 4)  # batch item 1 has 3 valid slots, item 2 none
     torch.testing.assert_close(got.double(), dense_readout(*inputs, 4), rtol=0, atol=1e-5)
     assert got[2].abs().max() == 0
 
@@ -157,9 +175,13 @@ def test_dispatcher_uses_reference_for_cpu_tensors(monkeypatch):
     torch.testing.assert_close(tr.topk_readout(*inputs, 30), tr.topk_readout_reference(*inputs, 30))
 
 
-def test_rejects_mismatched_shapes_and_bad_blocks():
+def test_reference_rejects_mismatched_shapes():
     qk, qe, mk, ms, mv, valid = make_inputs(10, 1, 8, 10, 50, 8)
     with pytest.raises(ValueError, match="memory_shrinkage"):
         tr.topk_readout_reference(qk, qe, mk, ms[:, :, :-1], mv, valid, 30)
+
+
+@pytest.mark.skipif(tr.triton is None, reason="needs triton")
+def test_triton_rejects_block_sizes_that_are_not_powers_of_two():
     with pytest.raises(ValueError, match="BLOCK_N"):
-        tr.topk_readout_triton(qk, qe, mk, ms, mv, valid, 30, BLOCK_N=48)
+        tr.topk_readout_triton(*make_inputs(10, 1, 8, 10, 50, 8), 30, BLOCK_N=48)
