@@ -24,29 +24,59 @@ Shapes (all functions share the signature):
 When a batch item has fewer valid slots than ``top_k`` all its valid slots are kept;
 when it has none its readout is zero.
 
-Triton is optional: the module imports without it, and :func:`topk_readout` then
-uses the reference. ``triton.jit`` reads ``TRITON_INTERPRET`` when this module is
-imported, so set it before the import to run the kernel in Triton's interpreter.
+Triton is optional and imported only when the kernel first runs: the module imports
+without it, and :func:`topk_readout` then uses the reference. Triton chooses between
+compiling and interpreting when it decorates functions (its own included), so to run
+the kernel in Triton's interpreter on CPU tensors set ``TRITON_INTERPRET=1`` before
+triton is first imported.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 from typing import Callable
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the torch reference needs no triton
-    triton = None
-    tl = None
+# Bound by _jit_device_code(); the device functions below look both up as globals.
+triton = None
+tl = None
+
+_DEVICE_FUNCTIONS: list[str] = []
 
 
-def _jit(fn: Callable) -> Callable:
-    """``triton.jit`` when triton is installed; otherwise leave ``fn`` as plain Python."""
-    return triton.jit(fn) if triton is not None else fn
+def _device_fn(fn: Callable) -> Callable:
+    """Register ``fn`` as Triton device code; :func:`_jit_device_code` jits it on first launch."""
+    _DEVICE_FUNCTIONS.append(fn.__name__)
+    return fn
+
+
+@functools.cache
+def _jit_device_code() -> Callable:
+    """Import triton and replace every registered device function here by its ``triton.jit`` version.
+
+    Deferred to the first launch so that importing this module never imports triton
+    (which picks compile or interpret mode once, when it is first imported). Device
+    functions call each other by their global names, hence the in-place rebinding.
+    Returns the kernel.
+    """
+    global triton, tl
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError as exc:
+        raise RuntimeError("topk_readout_triton needs triton, which is not installed") from exc
+    namespace = globals()
+    for name in _DEVICE_FUNCTIONS:
+        namespace[name] = triton.jit(namespace[name])
+    return namespace["_topk_readout_kernel"]
+
+
+def triton_available() -> bool:
+    """Whether triton is installed (without importing it)."""
+    return importlib.util.find_spec("triton") is not None
 
 
 # --------------------------------------------------------------------------- reference
@@ -100,11 +130,12 @@ def topk_readout_reference(
     k = min(top_k, n_slots)
     if k == 0:
         return query_key.new_zeros(batch, memory_value.shape[1], hw, dtype=torch.float32)
-    sim = _similarity(query_key, query_selection, memory_key, memory_shrinkage)
-    sim = sim.masked_fill(~valid[:, :, None], float("-inf"))
-    values, indices = torch.topk(sim, k=k, dim=1)
-    affinity = torch.zeros_like(sim).scatter_(1, indices, _masked_softmax(values))
-    return torch.bmm(memory_value.float(), affinity)
+    with torch.autocast(query_key.device.type, enabled=False):  # fp32 even inside an autocast region
+        sim = _similarity(query_key, query_selection, memory_key, memory_shrinkage)
+        sim = sim.masked_fill(~valid[:, :, None], float("-inf"))
+        values, indices = torch.topk(sim, k=k, dim=1)
+        affinity = torch.zeros_like(sim).scatter_(1, indices, _masked_softmax(values))
+        return torch.bmm(memory_value.float(), affinity)
 
 
 def _check_inputs(
@@ -138,7 +169,7 @@ def _check_inputs(
 # --------------------------------------------------------------------------- triton
 
 
-@_jit
+@_device_fn
 def _pack(score, slot):
     """Pack fp32 scores and int32 slots into int64 keys whose order is (score, -slot).
 
@@ -151,7 +182,7 @@ def _pack(score, slot):
     return (ordered.to(tl.int64) << 32) | (0x7FFFFFFF - slot).to(tl.int64)
 
 
-@_jit
+@_device_fn
 def _unpack(key):
     """Inverse of :func:`_pack`: ``(score fp32, slot int32)``."""
     ordered = (key >> 32).to(tl.int32)
@@ -159,7 +190,7 @@ def _unpack(key):
     return bits.to(tl.float32, bitcast=True), 0x7FFFFFFF - key.to(tl.int32)
 
 
-@_jit
+@_device_fn
 def _query_bias(qk_ptr, qe_ptr, offs_q, q_mask, Ck, stride_qkc, stride_qkq, stride_qec, stride_qeq):
     """The per-query term ``-sum_c qe * qk ** 2`` ``[BLOCK_Q]``, fp32."""
     bias = tl.zeros(offs_q.shape, tl.float32)
@@ -170,15 +201,15 @@ def _query_bias(qk_ptr, qe_ptr, offs_q, q_mask, Ck, stride_qkc, stride_qkq, stri
     return bias
 
 
-@_jit
+@_device_fn
 def _score_block(qk_ptr, qe_ptr, mk_ptr, ms_ptr, valid_ptr, offs_q, q_mask, bias, n0, N, Ck, scale,
                  stride_qkc, stride_qkq, stride_qec, stride_qeq, stride_mkc, stride_mkn, stride_msn, stride_valid,
                  BLOCK_N: tl.constexpr):
     """Packed keys ``[BLOCK_Q, BLOCK_N]`` of slots ``n0 .. n0 + BLOCK_N``; padded slots score -inf.
 
     The ``[BLOCK_Q, BLOCK_N]`` similarity is accumulated one channel at a time as
-    ``2 qk qe mk - qe mk^2`` outer products on top of the per-query ``bias`` (exact
-    fp32 FMAs; ``tl.dot`` in fp32 "ieee" precision spills registers at Ck = 64).
+    ``2 qk qe mk - qe mk^2`` outer products on top of the per-query ``bias``: fp32
+    FMAs, no TF32 (an fp32 "ieee" ``tl.dot`` spilled registers at Ck = 64 on sm_90).
     """
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -201,14 +232,14 @@ def _score_block(qk_ptr, qe_ptr, mk_ptr, ms_ptr, valid_ptr, offs_q, q_mask, bias
 # use an xor reduction, which the interpreter evaluates one element at a time).
 
 
-@_jit
+@_device_fn
 def _axis_bit(h, AXIS: tl.constexpr):
     """Position (0 or 1) along AXIS, shaped to broadcast against the hypercube ``h``."""
     ndim: tl.constexpr = len(h.shape)
     return tl.reshape(tl.arange(0, 2), [1] * AXIS + [2] + [1] * (ndim - AXIS - 1))
 
 
-@_jit
+@_device_fn
 def _run_direction(h, LOG_RUN: tl.constexpr, DESCENDING: tl.constexpr):
     """1 where a run of 2**LOG_RUN keys of ``h`` is to be sorted descending, else 0.
 
@@ -223,7 +254,7 @@ def _run_direction(h, LOG_RUN: tl.constexpr, DESCENDING: tl.constexpr):
     return direction
 
 
-@_jit
+@_device_fn
 def _compare_exchange(h, AXIS: tl.constexpr, direction):
     """Order every pair of keys across AXIS: ascending where ``direction`` is 0, else descending."""
     low = tl.min(h, axis=AXIS, keep_dims=True)
@@ -231,7 +262,7 @@ def _compare_exchange(h, AXIS: tl.constexpr, direction):
     return tl.where((_axis_bit(h, AXIS) ^ direction) != 0, high, low)
 
 
-@_jit
+@_device_fn
 def _bitonic_merge(h, LOG_RUN: tl.constexpr, direction):
     """Sort each bitonic run of 2**LOG_RUN keys (the innermost LOG_RUN axes) of ``h``."""
     ndim: tl.constexpr = len(h.shape)
@@ -240,7 +271,7 @@ def _bitonic_merge(h, LOG_RUN: tl.constexpr, direction):
     return h
 
 
-@_jit
+@_device_fn
 def _top_sorted(keys, LOG_K: tl.constexpr, LOG_N: tl.constexpr, DESCENDING: tl.constexpr):
     """The 2**LOG_K largest of each row of ``keys`` ``[BLOCK_Q, 2**LOG_N]``, sorted.
 
@@ -257,7 +288,7 @@ def _top_sorted(keys, LOG_K: tl.constexpr, LOG_N: tl.constexpr, DESCENDING: tl.c
     return tl.reshape(h, [keys.shape[0], 2 ** LOG_K])
 
 
-@_jit
+@_device_fn
 def _merge_top(running, block, LOG_K: tl.constexpr, LOG_N: tl.constexpr):
     """The best 2**LOG_K of ``running`` (sorted descending) and ``block``, sorted descending."""
     best = _top_sorted(block, LOG_K, LOG_N, 0)
@@ -266,7 +297,7 @@ def _merge_top(running, block, LOG_K: tl.constexpr, LOG_N: tl.constexpr):
     return tl.reshape(h, running.shape)
 
 
-@_jit
+@_device_fn
 def _softmax_top(running, top_k):
     """Softmax weights, slots and keep-mask ``[BLOCK_Q, 2**LOG_K]`` of the first top_k finite keys."""
     score, slot = _unpack(running)
@@ -278,7 +309,7 @@ def _softmax_top(running, top_k):
     return e / tl.where(total > 0.0, total, 1.0)[:, None], slot, keep
 
 
-@_jit
+@_device_fn
 def _write_readout(mv_ptr, out_ptr, weight, slot, keep, offs_q, q_mask, V, stride_mvv, stride_mvn, stride_ov,
                    stride_oq, BLOCK_V: tl.constexpr):
     """``out[v, q] = sum_j weight[q, j] * mv[v, slot[q, j]]``, ``BLOCK_V`` value rows at a time."""
@@ -292,7 +323,7 @@ def _write_readout(mv_ptr, out_ptr, weight, slot, keep, offs_q, q_mask, V, strid
                  mask=v_mask[:, None] & q_mask[None, :])
 
 
-@_jit
+@_device_fn
 def _topk_readout_kernel(
     qk_ptr, qe_ptr, mk_ptr, ms_ptr, mv_ptr, valid_ptr, out_ptr,
     HW, N, Ck, V, top_k, scale,
@@ -361,8 +392,7 @@ def topk_readout_triton(
     ones. The value gather is coalesced when ``memory_value`` is slot-major in memory
     (``memory_value.stride(1) == 1``, e.g. a ``[B, N, V]`` tensor transposed).
     """
-    if triton is None:
-        raise RuntimeError("topk_readout_triton needs triton, which is not installed")
+    kernel = _jit_device_code()
     _check_inputs(query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid, top_k)
     _check_kernel_args(query_key, query_selection, memory_key, memory_shrinkage, memory_value,
                        BLOCK_Q=BLOCK_Q, BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V)
@@ -370,7 +400,7 @@ def topk_readout_triton(
     n_slots, n_values = memory_key.shape[2], memory_value.shape[1]
     log_k = (top_k - 1).bit_length()
     out = torch.empty(batch, n_values, hw, device=query_key.device, dtype=torch.float32)
-    _topk_readout_kernel[(triton.cdiv(hw, BLOCK_Q), batch)](
+    kernel[(triton.cdiv(hw, BLOCK_Q), batch)](
         query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid, out,
         hw, n_slots, ck, n_values, top_k, 1.0 / math.sqrt(ck),
         *query_key.stride(), *query_selection.stride(), *memory_key.stride(),
@@ -406,6 +436,6 @@ def topk_readout(
 ) -> torch.Tensor:
     """Top-K readout ``[B, V, HW]`` fp32: the Triton kernel for CUDA tensors when triton is
     installed, else :func:`topk_readout_reference`. Shapes are in the module docstring."""
-    use_kernel = triton is not None and query_key.is_cuda
+    use_kernel = query_key.is_cuda and triton_available()
     readout = topk_readout_triton if use_kernel else topk_readout_reference
     return readout(query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid, top_k)

@@ -2,10 +2,11 @@
 
 Without a CUDA GPU the kernel runs in Triton's interpreter on CPU tensors. Triton
 chooses between compiling and interpreting when it decorates functions, its own
-included, so TRITON_INTERPRET must be set before triton is first imported: this
-module sets it before importing anything that imports triton, and skips the kernel
-tests if an earlier import beat it (set TRITON_INTERPRET=1 in the environment, or run
-this file on its own, to avoid that). With a GPU the compiled kernel runs instead.
+included, so TRITON_INTERPRET must be set before triton is first imported. The kernel
+module imports triton only at the first launch, so setting it here, at collection,
+is early enough unless another module imported triton before; the kernel tests are
+then skipped (set TRITON_INTERPRET=1 in the environment to avoid that). With a GPU
+the compiled kernel runs instead.
 """
 
 import math
@@ -26,10 +27,13 @@ import pytest  # noqa: E402
 
 from vosrt.kernels import topk_readout as tr  # noqa: E402
 
-needs_kernel = pytest.mark.skipif(
-    tr.triton is None or TRITON_IMPORTED_TOO_EARLY,
-    reason="needs triton, imported after TRITON_INTERPRET=1 when there is no GPU",
-)
+if not tr.triton_available():
+    KERNEL_SKIP_REASON = "triton is not installed"
+elif TRITON_IMPORTED_TOO_EARLY:
+    KERNEL_SKIP_REASON = "no GPU, and triton was imported before TRITON_INTERPRET=1 was set: set it in the environment"
+else:
+    KERNEL_SKIP_REASON = None
+needs_kernel = pytest.mark.skipif(KERNEL_SKIP_REASON is not None, reason=str(KERNEL_SKIP_REASON))
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3}
 
@@ -124,7 +128,7 @@ def case_inputs(case, dtype):
 def test_kernel_runs_in_the_interpreter():
     from triton.runtime.interpreter import InterpretedFunction
 
-    assert isinstance(tr._topk_readout_kernel, InterpretedFunction)
+    assert isinstance(tr._jit_device_code(), InterpretedFunction)
 
 
 @needs_kernel
@@ -181,7 +185,14 @@ def test_reference_rejects_mismatched_shapes():
         tr.topk_readout_reference(qk, qe, mk, ms[:, :, :-1], mv, valid, 30)
 
 
-@pytest.mark.skipif(tr.triton is None, reason="needs triton")
+@pytest.mark.skipif(not tr.triton_available(), reason="needs triton")
 def test_triton_rejects_block_sizes_that_are_not_powers_of_two():
     with pytest.raises(ValueError, match="BLOCK_N"):
         tr.topk_readout_triton(*make_inputs(10, 1, 8, 10, 50, 8), 30, BLOCK_N=48)
+
+
+def test_reference_stays_fp32_under_autocast():
+    inputs = make_inputs(11, 1, 8, 10, 50, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = tr.topk_readout_reference(*inputs, 30)
+    torch.testing.assert_close(got, tr.topk_readout_reference(*inputs, 30), rtol=0, atol=0)
