@@ -19,7 +19,7 @@ def build_model(name: str, weights: str | Path | None = None) -> Cutie:
     checkpoint for ``name`` (downloaded on first use)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    path = Path(weights) if weights is not None else wts.fetch(wts.CHECKPOINTS[wts.DEFAULT_CHECKPOINT[name]])
+    path = wts.checkpoint_for(name, weights)
     model = Cutie(CONFIGS[name])
     wts.load_strict(model, wts.read_state_dict(path), str(path))
     return model.eval()
@@ -60,7 +60,7 @@ def _onnxruntime_graphs(name, weights, device, export_dir, fp16, config):
     from vosrt.runtime.onnxruntime_graphs import OnnxRuntimeGraphs
 
     if export_dir is None:
-        path = Path(weights) if weights is not None else wts.fetch(wts.CHECKPOINTS[wts.DEFAULT_CHECKPOINT[name]])
+        path = wts.checkpoint_for(name, weights)
         precision = "fp16" if fp16 else "fp32"
         export_dir = wts.cache_dir() / "onnx" / f"{name}-{sha256(path)[:16]}-k{config.top_k}-{precision}"
         if not (export_dir / "manifest.json").is_file():

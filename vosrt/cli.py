@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from vosrt import io
+from vosrt import weights as wts
 from vosrt.api import BACKENDS, MODELS, load
 from vosrt.runtime.session import InferenceConfig
 
@@ -112,19 +113,13 @@ def run_export(args: argparse.Namespace) -> None:
     precision = "fp16" if args.fp16 else "fp32"
     output = Path(args.output or f"{args.model}-{precision}")
     model = build_model(args.model, args.weights)
-    checkpoint = args.weights or _default_checkpoint_path(args.model)
+    checkpoint = wts.checkpoint_for(args.model, args.weights)
     export_onnx(model, args.model, output, checkpoint=checkpoint, top_k=args.top_k,
                 max_mem_frames=args.max_mem_frames, fp16=args.fp16, opset=args.opset,
                 progress=lambda line: print(line, flush=True))
     print(f"wrote ONNX graphs and manifest.json to {output}")
     if args.format == "engine":
         _engines_need_target(output)
-
-
-def _default_checkpoint_path(model: str) -> Path:
-    from vosrt import weights as wts
-
-    return wts.fetch(wts.CHECKPOINTS[wts.DEFAULT_CHECKPOINT[model]])
 
 
 def _engines_need_target(onnx_dir: Path) -> None:

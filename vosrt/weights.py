@@ -40,6 +40,11 @@ CHECKPOINTS = {c.name: c for c in [
 DEFAULT_CHECKPOINT = {"cutie-small": "cutie-small-mega", "cutie-base": "cutie-base-mega"}
 
 
+def checkpoint_for(model: str, weights: str | Path | None) -> Path:
+    """``weights`` as a path, or the registry's default checkpoint for ``model`` (downloaded if needed)."""
+    return Path(weights) if weights is not None else fetch(CHECKPOINTS[DEFAULT_CHECKPOINT[model]])
+
+
 def cache_dir() -> Path:
     """Where downloads go: ``$VOSRT_CACHE`` or ``~/.cache/vosrt``."""
     return Path(os.environ.get("VOSRT_CACHE", Path.home() / ".cache" / "vosrt"))
