@@ -1,7 +1,8 @@
-"""Cutie split into four stateless graphs with named inputs and outputs.
+"""Cutie split into stateless graphs with named inputs and outputs: the four stages, and
+the memory usage that only the long-term memory needs.
 
 Each wrapper's ``forward`` takes and returns exactly what the runtime keeps or passes on,
-so a backend only has to run these four graphs (see :class:`vosrt.runtime.graphs.CutieGraphs`).
+so a backend only has to run these graphs (see :class:`vosrt.runtime.graphs.CutieGraphs`).
 Symbols: K objects, H x W padded image (multiple of 16), h x w = H/16 x W/16,
 N = memory capacity in frames x h x w, Q object queries, C = 256, Ck = 64.
 """
@@ -13,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vosrt.kernels.topk_readout import topk_readout_reference
+from vosrt.kernels.topk_readout import topk_readout_reference, topk_usage_reference
 from vosrt.models.cutie import Cutie
 
 
@@ -49,6 +50,10 @@ SPECS = {
          "memory_shrinkage": {2: "N"}, "memory_value": {1: "K", 3: "N"}, "memory_valid": {1: "N"},
          "sensory": _PER_OBJECT16, "last_mask": {1: "K", 2: "H", 3: "W"}, "obj_memory": {1: "K"},
          "readout": _PER_OBJECT16}),
+    "memory_usage": GraphSpec(
+        "memory_usage", ("key", "selection", "memory_key", "memory_shrinkage", "memory_valid"), ("memory_usage",),
+        {"key": _STRIDE16, "selection": _STRIDE16, "memory_key": {2: "N"}, "memory_shrinkage": {2: "N"},
+         "memory_valid": {1: "N"}, "memory_usage": {1: "N"}}),
     "mask_decoder": GraphSpec(
         "mask_decoder", ("f8", "f4", "readout", "sensory"), ("new_sensory", "prob"),
         {"f8": {2: "h8", 3: "w8"}, "f4": {2: "h4", 3: "w4"}, "readout": _PER_OBJECT16, "sensory": _PER_OBJECT16,
@@ -102,6 +107,24 @@ class MemoryReadoutGraph(nn.Module):
                                       memory_valid, sensory, last_mask, obj_memory, self.top_k, self.readout_fn)
 
 
+class MemoryUsageGraph(nn.Module):
+    """How much one bucket's readout uses each memory token, for the long-term memory.
+
+    Inputs: key/selection ``[1, Ck, h, w]``, memory_key ``[1, Ck, N]``, memory_shrinkage
+    ``[1, 1, N]``, memory_valid bool ``[1, N]`` (as :class:`MemoryReadoutGraph`).
+    Output: memory_usage ``[1, N]`` float32, each token's top-k attention weight summed over the
+    query pixels (:func:`~vosrt.kernels.topk_readout.topk_usage_reference`). No weights.
+    """
+
+    def __init__(self, top_k: int):
+        super().__init__()
+        self.top_k = top_k
+
+    def forward(self, key, selection, memory_key, memory_shrinkage, memory_valid):
+        return topk_usage_reference(key.flatten(2), selection.flatten(2), memory_key, memory_shrinkage, memory_valid,
+                                    self.top_k)
+
+
 class MaskDecoderGraph(nn.Module):
     """f8, f4, readout ``[1, K, C, h, w]``, sensory -> new_sensory, prob ``[1, K + 1, H, W]``."""
 
@@ -130,12 +153,15 @@ def example_inputs(model: Cutie, name: str, size: tuple[int, int], num_objects: 
         return (image,)
     if name == "mask_encoder":
         return image, pix_feat, sensory, rand(1, k, H, W)
-    if name == "memory_readout":
+    if name in ("memory_readout", "memory_usage"):
         valid = torch.zeros(1, n, dtype=torch.bool)
         valid[:, : max(1, capacity - 1) * h * w] = True
+        key, selection = rand(1, cfg.key_dim, h, w) - 0.5, rand(1, cfg.key_dim, h, w)
+        memory_key, memory_shrinkage = rand(1, cfg.key_dim, n) - 0.5, 1 + rand(1, 1, n)
+        if name == "memory_usage":
+            return key, selection, memory_key, memory_shrinkage, valid
         obj_memory = rand(1, k, cfg.num_queries, cfg.embed_dim + 1)
-        return (rand(1, cfg.key_dim, h, w) - 0.5, rand(1, cfg.key_dim, h, w), pix_feat,
-                rand(1, cfg.key_dim, n) - 0.5, 1 + rand(1, 1, n), rand(1, k, cfg.value_dim, n) - 0.5, valid,
+        return (key, selection, pix_feat, memory_key, memory_shrinkage, rand(1, k, cfg.value_dim, n) - 0.5, valid,
                 sensory, rand(1, k, H, W), obj_memory)
     if name == "mask_decoder":
         ms = cfg.ms_dims
@@ -145,8 +171,9 @@ def example_inputs(model: Cutie, name: str, size: tuple[int, int], num_objects: 
 
 
 def graph_modules(model: Cutie, top_k: int, readout_fn: Callable = topk_readout_reference) -> dict[str, nn.Module]:
-    """The four graphs over one shared ``model``, in eval mode (an exporter restores the
+    """The graphs over one shared ``model``, in eval mode (an exporter restores the
     wrappers' mode afterwards, which would otherwise switch BatchNorm to training)."""
     graphs = {"image_encoder": ImageEncoderGraph(model), "mask_encoder": MaskEncoderGraph(model),
-              "memory_readout": MemoryReadoutGraph(model, top_k, readout_fn), "mask_decoder": MaskDecoderGraph(model)}
+              "memory_readout": MemoryReadoutGraph(model, top_k, readout_fn), "memory_usage": MemoryUsageGraph(top_k),
+              "mask_decoder": MaskDecoderGraph(model)}
     return {name: graph.eval() for name, graph in graphs.items()}

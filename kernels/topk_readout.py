@@ -82,13 +82,16 @@ def triton_available() -> bool:
 # --------------------------------------------------------------------------- reference
 
 
-def _similarity(
+def anisotropic_similarity(
     query_key: torch.Tensor,
     query_selection: torch.Tensor,
     memory_key: torch.Tensor,
     memory_shrinkage: torch.Tensor,
 ) -> torch.Tensor:
-    """Cutie's ``get_similarity`` in fp32: ``[B, N, HW]`` from the ``[B, Ck, *]`` inputs."""
+    """Cutie's ``get_similarity`` in fp32: ``[B, N, HW]`` from the ``[B, Ck, *]`` inputs.
+
+    Also the similarity of the long-term memory consolidation, where the prototypes are the
+    queries and the consolidated working-memory tokens the memory."""
     qk, qe = query_key.float(), query_selection.float()
     mk_t = memory_key.float().transpose(1, 2)  # [B, N, Ck]
     a_sq = mk_t.pow(2) @ qe
@@ -125,17 +128,41 @@ def topk_readout_reference(
     shrinks k to the number of valid slots without a host sync.
     """
     _check_inputs(query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid, top_k)
-    batch, _, hw = query_key.shape
-    n_slots = memory_key.shape[2]
-    k = min(top_k, n_slots)
-    if k == 0:
-        return query_key.new_zeros(batch, memory_value.shape[1], hw, dtype=torch.float32)
     with torch.autocast(query_key.device.type, enabled=False):  # fp32 even inside an autocast region
-        sim = _similarity(query_key, query_selection, memory_key, memory_shrinkage)
-        sim = sim.masked_fill(~valid[:, :, None], float("-inf"))
-        values, indices = torch.topk(sim, k=k, dim=1)
-        affinity = torch.zeros_like(sim).scatter_(1, indices, _masked_softmax(values))
+        affinity = _topk_affinity(query_key, query_selection, memory_key, memory_shrinkage, valid, top_k)
         return torch.bmm(memory_value.float(), affinity)
+
+
+def topk_usage_reference(
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor,
+    memory_key: torch.Tensor,
+    memory_shrinkage: torch.Tensor,
+    valid: torch.Tensor,
+    top_k: int,
+) -> torch.Tensor:
+    """Memory usage of a top-K readout: ``[B, N]`` float32, each slot's top-K softmax weight
+    summed over the queries (padded slots get 0).
+
+    The official ``do_softmax(..., return_usage=True)`` (``affinity.sum(dim=2)``), which the
+    long-term memory counts to pick prototypes and to evict. Inputs as in
+    :func:`topk_readout_reference`, without the values.
+    """
+    _check_inputs(query_key, query_selection, memory_key, memory_shrinkage, None, valid, top_k)
+    with torch.autocast(query_key.device.type, enabled=False):
+        return _topk_affinity(query_key, query_selection, memory_key, memory_shrinkage, valid, top_k).sum(2)
+
+
+def _topk_affinity(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,
+                   memory_shrinkage: torch.Tensor, valid: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Dense top-K affinity ``[B, N, HW]`` fp32: the softmax of each query's ``top_k`` best
+    valid slots scattered into zeros (all zero for a query with no valid slot)."""
+    sim = anisotropic_similarity(query_key, query_selection, memory_key, memory_shrinkage)
+    if sim.shape[1] == 0:
+        return sim
+    sim = sim.masked_fill(~valid[:, :, None], float("-inf"))
+    values, indices = torch.topk(sim, k=min(top_k, sim.shape[1]), dim=1)
+    return torch.zeros_like(sim).scatter_(1, indices, _masked_softmax(values))
 
 
 def _check_inputs(
@@ -143,20 +170,22 @@ def _check_inputs(
     query_selection: torch.Tensor,
     memory_key: torch.Tensor,
     memory_shrinkage: torch.Tensor,
-    memory_value: torch.Tensor,
+    memory_value: torch.Tensor | None,
     valid: torch.Tensor,
     top_k: int,
 ) -> None:
-    """Raise ValueError unless the shapes agree with the module docstring and top_k >= 1."""
+    """Raise ValueError unless the shapes agree with the module docstring and top_k >= 1
+    (``memory_value`` None: no values to check)."""
     batch, ck, hw = query_key.shape
     n_slots = memory_key.shape[2]
     expected = {
         "query_selection": (query_selection.shape, (batch, ck, hw)),
         "memory_key": (memory_key.shape, (batch, ck, n_slots)),
         "memory_shrinkage": (memory_shrinkage.shape, (batch, 1, n_slots)),
-        "memory_value": ((memory_value.shape[0], memory_value.shape[2]), (batch, n_slots)),
         "valid": (valid.shape, (batch, n_slots)),
     }
+    if memory_value is not None:
+        expected["memory_value"] = ((memory_value.shape[0], memory_value.shape[2]), (batch, n_slots))
     for name, (got, want) in expected.items():
         if tuple(got) != want:
             raise ValueError(f"{name}: shape {tuple(got)} does not match {want}")
@@ -325,8 +354,8 @@ def _write_readout(mv_ptr, out_ptr, weight, slot, keep, offs_q, q_mask, V, strid
 
 @_device_fn
 def _topk_readout_kernel(
-    qk_ptr, qe_ptr, mk_ptr, ms_ptr, mv_ptr, valid_ptr, out_ptr,
-    HW, N, Ck, V, top_k, scale,
+    qk_ptr, qe_ptr, mk_ptr, ms_ptr, mv_ptr, valid_ptr,
+    HW, N, Ck, V, top_k,
     stride_qkb, stride_qkc, stride_qkq,
     stride_qeb, stride_qec, stride_qeq,
     stride_mkb, stride_mkc, stride_mkn,
@@ -334,9 +363,15 @@ def _topk_readout_kernel(
     stride_mvb, stride_mvv, stride_mvn,
     stride_validb, stride_validn,
     stride_ob, stride_ov, stride_oq,
+    out_ptr,
     LOG_K: tl.constexpr, LOG_BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
-    """One program per (BLOCK_Q queries, batch item); streams the N slots 2**LOG_BLOCK_N at a time."""
+    """One program per (BLOCK_Q queries, batch item); streams the N slots 2**LOG_BLOCK_N at a time.
+
+    Arguments are ordered inputs, integer scalars, output (and the scale is derived from
+    Ck here), as TensorRT's ahead-of-time plugins launch a kernel (see ``trt_plugin``).
+    """
+    scale = 1.0 / tl.sqrt_rn(tl.full([], Ck, tl.float32))
     b = tl.program_id(1).to(tl.int64)
     qk_ptr += b * stride_qkb
     qe_ptr += b * stride_qeb
@@ -398,18 +433,22 @@ def topk_readout_triton(
                        BLOCK_Q=BLOCK_Q, BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V)
     batch, ck, hw = query_key.shape
     n_slots, n_values = memory_key.shape[2], memory_value.shape[1]
-    log_k = (top_k - 1).bit_length()
     out = torch.empty(batch, n_values, hw, device=query_key.device, dtype=torch.float32)
     kernel[(triton.cdiv(hw, BLOCK_Q), batch)](
-        query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid, out,
-        hw, n_slots, ck, n_values, top_k, 1.0 / math.sqrt(ck),
+        query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid,
+        hw, n_slots, ck, n_values, top_k,
         *query_key.stride(), *query_selection.stride(), *memory_key.stride(),
         memory_shrinkage.stride(0), memory_shrinkage.stride(2),
-        *memory_value.stride(), *valid.stride(), *out.stride(),
-        LOG_K=log_k, LOG_BLOCK_N=max(BLOCK_N.bit_length() - 1, log_k), BLOCK_Q=BLOCK_Q, BLOCK_V=BLOCK_V,
-        num_warps=num_warps,
+        *memory_value.stride(), *valid.stride(), *out.stride(), out,
+        **kernel_constants(top_k, BLOCK_Q, BLOCK_N, BLOCK_V), num_warps=num_warps,
     )
     return out
+
+
+def kernel_constants(top_k: int, BLOCK_Q: int, BLOCK_N: int, BLOCK_V: int) -> dict[str, int]:
+    """The kernel's compile-time constants for ``top_k`` and power-of-two block sizes."""
+    log_k = (top_k - 1).bit_length()
+    return dict(LOG_K=log_k, LOG_BLOCK_N=max(BLOCK_N.bit_length() - 1, log_k), BLOCK_Q=BLOCK_Q, BLOCK_V=BLOCK_V)
 
 
 def _check_kernel_args(*tensors: torch.Tensor, **blocks: int) -> None:

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: the four exported graphs, run with IO binding.
+"""ONNX Runtime backend: the exported graphs, run with IO binding.
 
 Inputs are bound straight from torch tensors and outputs come back as torch tensors
 through DLPack, so on a GPU the state never leaves the device between frames; the same
@@ -13,7 +13,7 @@ import torch
 
 from vosrt.export.onnx_export import read_manifest
 
-from .graphs import ImageFeatures
+from .exported_graphs import ExportedGraphs
 
 _ORT_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.bool: np.bool_}
 
@@ -32,24 +32,33 @@ def providers_for(device: torch.device) -> list[str]:
     return available
 
 
-class OnnxRuntimeGraphs:
+def create_session(path: str | Path, providers: list[str], custom_ops: list[str] = ()):
+    """An ``onnxruntime.InferenceSession`` for the graph at ``path``; ``custom_ops`` (a manifest's
+    ``custom_ops``) get their implementations from :mod:`vosrt.runtime.onnxruntime_custom_ops`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not custom_ops:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    from .onnxruntime_custom_ops import enable_custom_ops, onnxruntime_model
+
+    enable_custom_ops(options, custom_ops)
+    return ort.InferenceSession(onnxruntime_model(path), options, providers=providers)
+
+
+class OnnxRuntimeGraphs(ExportedGraphs):
     """Runs an export directory (see :func:`vosrt.export.onnx_export.export_onnx`)."""
 
     def __init__(self, directory: str | Path, device: torch.device | str = "cpu"):
-        import onnxruntime as ort
-
         self.manifest = read_manifest(directory)
         self.device = torch.device(device)
-        architecture = self.manifest["architecture"]
-        self.num_queries = architecture["num_queries"]
-        self.value_dim = architecture["value_dim"]
-        self.sensory_dim = architecture["sensory_dim"]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        self._set_architecture(self.manifest)
         providers = providers_for(self.device)
-        self.sessions = {name: ort.InferenceSession(str(Path(directory) / info["file"]), options, providers=providers)
+        custom_ops = self.manifest.get("custom_ops", [])
+        self.sessions = {name: create_session(Path(directory) / info["file"], providers, custom_ops)
                          for name, info in self.manifest["graphs"].items()}
-        self.providers = self.sessions["image_encoder"].get_providers()
+        self.providers = next(iter(self.sessions.values())).get_providers()
 
     def _run(self, name: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
         session = self.sessions[name]
@@ -63,18 +72,3 @@ class OnnxRuntimeGraphs:
             binding.bind_output(meta.name, device_type, device_id)
         session.run_with_iobinding(binding)
         return [torch.from_dlpack(value) for value in binding.get_outputs()]
-
-    def encode_image(self, image):
-        return ImageFeatures(*self._run("image_encoder", image))
-
-    def encode_mask(self, image, pix_feat, sensory, masks):
-        return tuple(self._run("mask_encoder", image, pix_feat, sensory, masks))
-
-    def read_memory(self, key, selection, pix_feat, memory_key, memory_shrinkage, memory_value, memory_valid,
-                    sensory, last_mask, obj_memory):
-        (readout,) = self._run("memory_readout", key, selection, pix_feat, memory_key, memory_shrinkage,
-                               memory_value, memory_valid, sensory, last_mask, obj_memory)
-        return readout
-
-    def decode(self, f8, f4, readout, sensory):
-        return tuple(self._run("mask_decoder", f8, f4, readout, sensory))

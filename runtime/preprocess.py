@@ -32,6 +32,12 @@ class FrameGeometry:
     def resized(self) -> bool:
         return self.internal != self.size
 
+    @property
+    def padded(self) -> tuple[int, int]:
+        """The network input size (H', W'): ``internal`` padded to multiples of 16."""
+        left, right, top, bottom = self.pad
+        return self.internal[0] + top + bottom, self.internal[1] + left + right
+
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         """Network-size ``[C, H', W']`` -> frame-size ``[C, H, W]`` (unpad, then resize back)."""
         left, right, top, bottom = self.pad

@@ -2,7 +2,8 @@
 
 The step logic follows the official Cutie ``InferenceCore``: memory every ``mem_every``
 frames and on every frame with a mask, staggered sensory updates, objects added by a mask
-that holds only them, and soft aggregation of all objects.
+that holds only them, soft aggregation of all objects, and optionally the long-term memory
+of the official ``MemoryManager`` (``use_long_term``).
 """
 from __future__ import annotations
 
@@ -12,16 +13,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vosrt.models.cutie.transformer import aggregate
-
 from .graphs import CutieGraphs, ImageFeatures
-from .memory import WorkingMemory
-from .preprocess import FrameGeometry, prepare_image, prepare_mask
+from .long_term import LongTermPolicy
+from .memory import MemoryStore
+from .preprocess import FrameGeometry
+from .video_session import VideoSession
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Inference settings (official ``eval_config.yaml`` defaults)."""
+    """Inference settings (official ``eval_config.yaml`` defaults).
+
+    ``max_mem_frames`` sizes the working memory without long-term memory; with
+    ``use_long_term`` the ``long_term_*`` fields are the official ``long_term`` section.
+    """
 
     mem_every: int = 5
     max_mem_frames: int = 5
@@ -29,11 +34,41 @@ class InferenceConfig:
     stagger_updates: int = 5
     chunk_size: int = -1
     max_internal_size: int = -1
+    use_long_term: bool = False
+    long_term_max_mem_frames: int = 10
+    long_term_min_mem_frames: int = 5
+    long_term_num_prototypes: int = 128
+    long_term_max_num_tokens: int = 10000
+    long_term_buffer_tokens: int = 2000
+    long_term_count_usage: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("mem_every", "max_mem_frames", "top_k", "stagger_updates"):
+        for name in ("mem_every", "max_mem_frames", "top_k", "stagger_updates", "long_term_min_mem_frames",
+                     "long_term_num_prototypes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.long_term_min_mem_frames >= self.long_term_max_mem_frames:
+            raise ValueError(f"long_term_min_mem_frames ({self.long_term_min_mem_frames}) must be smaller than "
+                             f"long_term_max_mem_frames ({self.long_term_max_mem_frames})")
+        if self.long_term_buffer_tokens < 0 or \
+                self.long_term_num_prototypes + self.long_term_buffer_tokens > self.long_term_max_num_tokens:
+            raise ValueError("long_term_max_num_tokens must hold long_term_num_prototypes + long_term_buffer_tokens "
+                             f"(buffer >= 0), got {self.long_term_max_num_tokens} < {self.long_term_num_prototypes} "
+                             f"+ {self.long_term_buffer_tokens}")
+
+    @property
+    def memory_frames(self) -> int:
+        """Working-memory frames per bucket, the permanent first frame included."""
+        return self.long_term_max_mem_frames if self.use_long_term else self.max_mem_frames
+
+    def long_term_policy(self) -> LongTermPolicy | None:
+        """The long-term memory rules, or None without ``use_long_term``."""
+        if not self.use_long_term:
+            return None
+        return LongTermPolicy(keep_frames=self.long_term_min_mem_frames - 1,
+                              num_prototypes=self.long_term_num_prototypes,
+                              max_tokens=self.long_term_max_num_tokens, buffer_tokens=self.long_term_buffer_tokens,
+                              count_usage=self.long_term_count_usage)
 
     def stagger_steps(self) -> set[int]:
         """Frame distances from the last memory frame at which the sensory memory is updated."""
@@ -42,7 +77,7 @@ class InferenceConfig:
         return set(np.round(np.linspace(1, self.mem_every, self.stagger_updates)).astype(int).tolist())
 
 
-class CutieSession:
+class CutieSession(VideoSession):
     """Segments a video frame by frame. Create it with :func:`vosrt.load`.
 
     >>> prob = session.step(image, mask, objects=[1, 2])   # first frame: a label map
@@ -61,16 +96,12 @@ class CutieSession:
         self.frame_index = -1
         self._last_mem_index = 0
         self._object_ids: list[int] = []  # in memory order (order of arrival)
-        self._memory = WorkingMemory(self.config.max_mem_frames)
+        self._memory = MemoryStore(self.config.memory_frames, self.config.long_term_policy())
         self._sensory: torch.Tensor | None = None  # [1, K, C, h, w]
+        self._readout: torch.Tensor | None = None  # [1, K, C, h, w], rewritten by every readout
         self._obj_memory: torch.Tensor | None = None  # [1, K, Q, C + 1]
         self._last_mask: torch.Tensor | None = None  # [1, K, H, W]
         self._geometry: FrameGeometry | None = None
-
-    @property
-    def object_ids(self) -> list[int]:
-        """Ids of the tracked objects, sorted: channel i + 1 of ``step``'s output is ``object_ids[i]``."""
-        return sorted(self._object_ids)
 
     @torch.inference_mode()
     def step(self, image: np.ndarray, mask: np.ndarray | None = None, objects: list[int] | None = None,
@@ -83,11 +114,8 @@ class CutieSession:
         the last frame of the video (nothing is memorised).
         Returns float32 ``[num_objects + 1, H, W]``: background, then objects in id order.
         """
-        image_t, geometry = prepare_image(image, self.config.max_internal_size, self.graphs.device)
-        self._check_geometry(geometry)
-        labels, objects = (None, None) if mask is None else prepare_mask(mask, objects, geometry, self.graphs.device)
-        if labels is None and not self._memory.engaged:
-            raise ValueError("the first frame needs a mask: pass step(image, mask) with the objects to track")
+        image_t, geometry, labels, objects = self._prepare(image, mask, objects, self.config.max_internal_size,
+                                                           self.graphs.device, self._memory.engaged)
 
         self.frame_index += 1
         since_mem = self.frame_index - self._last_mem_index
@@ -105,69 +133,38 @@ class CutieSession:
             self._add_memory(image_t, feats)
         return self._output(prob, geometry)
 
-    def to_mask(self, prob: np.ndarray) -> np.ndarray:
-        """``step`` output -> ``HxW`` uint8 label map (argmax, then channel -> object id)."""
-        lut = np.array([0, *self.object_ids], dtype=np.uint8)
-        return lut[np.argmax(prob, axis=0)]
-
     @torch.inference_mode()
     def remove_objects(self, object_ids: list[int]) -> None:
         """Stop tracking objects: they leave the memory and the output."""
-        unknown = set(object_ids) - set(self._object_ids)
-        if unknown:
-            raise ValueError(f"cannot remove objects {sorted(unknown)}: tracked objects are {self.object_ids}")
-        keep = [i for i, o in enumerate(self._object_ids) if o not in object_ids]
-        self._object_ids = [self._object_ids[i] for i in keep]
+        keep = self._drop_objects(object_ids)
         self._memory.remove_objects(object_ids)
-        self._sensory, self._obj_memory, self._last_mask = (
-            t[:, keep] for t in (self._sensory, self._obj_memory, self._last_mask))
+        self._sensory, self._obj_memory, self._last_mask, self._readout = (
+            t[:, keep] for t in (self._sensory, self._obj_memory, self._last_mask, self._readout))
 
     # -- internals -------------------------------------------------------------------------
 
-    def _check_geometry(self, geometry: FrameGeometry) -> None:
-        if self._geometry is None:
-            self._geometry = geometry
-        elif geometry != self._geometry:
-            raise ValueError(f"frame size changed from {self._geometry.size} to {geometry.size} within a video; "
-                             "call reset() before starting another video")
-
     def _segment(self, feats: ImageFeatures, update_sensory: bool) -> torch.Tensor:
         """Memory readout + decoding for the objects already in memory -> ``[K + 1, H, W]``."""
-        readout = torch.zeros_like(self._sensory)
         for bucket in self._memory.buckets:
             rows = [self._object_ids.index(o) for o in bucket.object_ids]
             memory_key, memory_shrinkage, memory_value, memory_valid = bucket.flat()
+            if self._memory.counts_usage:
+                self._memory.record_usage(bucket, self.graphs.memory_usage(
+                    feats.key, feats.selection, memory_key, memory_shrinkage, memory_valid))
             chunk = self.config.chunk_size if self.config.chunk_size > 0 else len(rows)
             for start in range(0, len(rows), chunk):
                 part = rows[start:start + chunk]
-                readout[:, part] = self.graphs.read_memory(
+                self._readout[:, part] = self.graphs.read_memory(
                     feats.key, feats.selection, feats.pix_feat, memory_key, memory_shrinkage,
                     memory_value[:, start:start + chunk], memory_valid, self._sensory[:, part],
                     self._last_mask[:, part], self._obj_memory[:, part])
-        new_sensory, prob = self.graphs.decode(feats.f8, feats.f4, readout, self._sensory)
+        new_sensory, prob = self.graphs.decode(feats.f8, feats.f4, self._readout, self._sensory)
         if update_sensory:
             self._sensory.copy_(new_sensory)
         return prob[0]
 
-    def _merge_mask(self, prob: torch.Tensor | None, labels: torch.Tensor, objects: list[int]) -> torch.Tensor:
-        """Combine a label map with the prediction for the tracked objects (if any) -> ``[K' + 1, H, W]``.
-
-        Labelled pixels override the prediction; objects not yet tracked are appended in order.
-        """
-        if prob is None:
-            known = torch.zeros(len(self._object_ids), *labels.shape, device=labels.device)
-        else:
-            known = prob[1:]
-            known[:, labels > 0] = 0
-        for o in objects:
-            if o in self._object_ids:
-                known[self._object_ids.index(o)] = (labels == o).float()
-        added = [(labels == o).float() for o in objects if o not in self._object_ids]
-        masks = torch.cat([known, torch.stack(added)]) if added else known
-        return torch.softmax(aggregate(masks, dim=0), dim=0)
-
     def _register(self, new_objects: list[int], size: torch.Size) -> None:
-        """Append objects with empty sensory and object memory."""
+        """Append objects with empty sensory and object memory (and readout rows)."""
         if not new_objects:
             return
         self._object_ids += new_objects
@@ -175,17 +172,14 @@ class CutieSession:
         g, k, device = self.graphs, len(new_objects), self.graphs.device
         sensory = torch.zeros(1, k, g.sensory_dim, h, w, device=device)
         obj_memory = torch.zeros(1, k, g.num_queries, g.value_dim + 1, device=device)
-        self._sensory = sensory if self._sensory is None else torch.cat([self._sensory, sensory], 1)
-        self._obj_memory = obj_memory if self._obj_memory is None else torch.cat([self._obj_memory, obj_memory], 1)
+        self._sensory, self._obj_memory, self._readout = (
+            new if old is None else torch.cat([old, new], 1)
+            for old, new in ((self._sensory, sensory), (self._obj_memory, obj_memory),
+                             (self._readout, torch.zeros_like(sensory))))
 
     def _add_memory(self, image: torch.Tensor, feats: ImageFeatures) -> None:
         value, sensory, summaries = self.graphs.encode_mask(image, feats.pix_feat, self._sensory, self._last_mask)
-        self._memory.add(feats.key, feats.shrinkage, value, self._object_ids)
+        self._memory.add(feats.key, feats.shrinkage, feats.selection, value, self._object_ids)
         self._obj_memory += summaries
         self._sensory.copy_(sensory)
         self._last_mem_index = self.frame_index
-
-    def _output(self, prob: torch.Tensor, geometry: FrameGeometry) -> np.ndarray:
-        prob = geometry.restore(prob)
-        order = [0] + [1 + self._object_ids.index(o) for o in self.object_ids]
-        return prob[order].float().cpu().numpy()

@@ -9,7 +9,7 @@ import torch
 
 from helpers import REFERENCE, require_shared
 from vosrt import weights as wts
-from vosrt.api import build_model
+from vosrt.api import JOINTFORMER, build_model
 from vosrt.models.cutie import CONFIGS, Cutie
 
 
@@ -86,4 +86,5 @@ def test_offline_download_says_where_to_put_the_file(tmp_path, monkeypatch):
 def test_registry_lists_the_official_release():
     assert wts.CHECKPOINTS["cutie-base-mega"].md5 == "a6071de6136982e396851903ab4c083a"
     for name, checkpoint in wts.CHECKPOINTS.items():
-        assert checkpoint.url.endswith(f"/{name}.pth") and checkpoint.model in CONFIGS
+        assert checkpoint.url.endswith(f"/{name}.pth") and checkpoint.model in (*CONFIGS, JOINTFORMER)
+    assert wts.DEFAULT_CHECKPOINT[JOINTFORMER] in wts.CHECKPOINTS

@@ -51,3 +51,19 @@ def test_segment_errors_are_one_line(seeded_weights, tmp_path, capsys):
     assert lines[1].startswith("vosrt segment: error: no mask for the first frame")
     assert "is 100x100 but the frame is 240x320" in lines[-1]
     assert not any("Traceback" in line for line in lines)
+
+
+def test_segment_runs_jointformer(seeded_weights, tmp_path, capsys):
+    images, masks = _clip(tmp_path, frames=2)
+    out = tmp_path / "out"
+    code = main(["segment", "jointformer", "--weights", str(seeded_weights("jointformer")), "--images", str(images),
+                 "--masks", str(masks), "--output", str(out), "--max-internal-size", "64", "--mem-every", "2",
+                 "--topk-block", "last_block"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png"]
+    given = np.asarray(Image.open(masks / "00000.png"))
+    first = np.asarray(Image.open(out / "00000.png"))  # the given mask, through the 64-pixel network size and back
+    assert first.shape == given.shape and (first == given).mean() > 0.99
+    second = np.asarray(Image.open(out / "00001.png"))
+    assert second.shape == given.shape and set(np.unique(second)) <= set(np.unique(given))
+    assert "wrote 2 label maps" in capsys.readouterr().out

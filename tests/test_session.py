@@ -7,7 +7,7 @@ import torch
 
 import vosrt
 from helpers import synthetic_frame, synthetic_mask
-from vosrt.runtime.memory import WorkingMemory
+from vosrt.runtime.memory import MemoryStore
 
 
 @pytest.fixture(scope="module")
@@ -131,31 +131,32 @@ def test_missing_gpu_is_a_clear_error(seeded_weights):
         vosrt.load("cutie-small", weights=seeded_weights("cutie-small"), device="cuda")
 
 
-def _frame(value: float, ck: int = 2, h: int = 1, w: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _frame(value: float, ck: int = 2, h: int = 1, w: int = 2) -> tuple[torch.Tensor, ...]:
+    """key, shrinkage, selection, values of a 2-object frame whose entries are all ``value``."""
     key = torch.full((1, ck, h, w), value)
-    return key, torch.ones(1, 1, h, w), torch.full((1, 2, 3, h, w), value)
+    return key, torch.ones(1, 1, h, w), torch.ones(1, ck, h, w), torch.full((1, 2, 3, h, w), value)
 
 
 def test_working_memory_keeps_first_frame_and_fifo():
-    memory = WorkingMemory(capacity=3)
+    memory = MemoryStore(frames=3)
     for value in (1.0, 2.0, 3.0, 4.0):
         memory.add(*_frame(value), object_ids=[1, 2])
     (bucket,) = memory.buckets
-    kept = bucket.key[0, 0, :, 0].tolist()
+    kept = bucket.key[0, 0, ::2].tolist()  # first token of each 2-token frame slot
     assert kept == [1.0, 4.0, 3.0]  # first frame permanent, 2 pushed out by 4
-    assert bucket.token_valid.all()
+    assert bucket.valid.all()
 
 
 def test_working_memory_masks_unwritten_slots_and_new_buckets():
-    memory = WorkingMemory(capacity=4)
+    memory = MemoryStore(frames=4)
     memory.add(*_frame(1.0), object_ids=[1, 2])
-    key, shrinkage, value = _frame(2.0)
-    memory.add(key, shrinkage, torch.cat([value, value[:, :1]], 1), object_ids=[1, 2, 3])
+    key, shrinkage, selection, value = _frame(2.0)
+    memory.add(key, shrinkage, selection, torch.cat([value, value[:, :1]], 1), object_ids=[1, 2, 3])
     first, second = memory.buckets
     assert first.object_ids == [1, 2] and second.object_ids == [3]
-    assert first.token_valid.tolist() == [[True, True, True, True, False, False, False, False]]
-    assert second.token_valid.tolist() == [[True, True, False, False, False, False, False, False]]
-    assert second.key[0, 0, 0, 0] == 2.0  # frame 2 is object 3's permanent memory
+    assert first.valid.tolist() == [[True, True, True, True, False, False, False, False]]
+    assert second.valid.tolist() == [[True, True, False, False, False, False, False, False]]
+    assert second.key[0, 0, 0] == 2.0  # frame 2 is object 3's permanent memory
     memory.remove_objects([1])
     assert memory.buckets[0].object_ids == [2] and memory.buckets[0].value.shape[1] == 1
     memory.remove_objects([2])

@@ -14,6 +14,12 @@ from torch import nn
 from tqdm import tqdm
 
 CUTIE_RELEASE = "https://github.com/hkchengrex/Cutie/releases/download/v1.0"
+JOINTFORMER_RELEASE = "https://github.com/MCG-NJU/JointFormer/releases/download/v0.1"
+# The release checkpoints of the official checkpoints/download_checkpoint.sh (suffix = training
+# stages: s0/s01 pre-trained, s2/s02/s012 DAVIS + YouTube-VOS, s24/s024 VOST, s5/s05/s015 MOSE,
+# s026/s0126 LVOS, s7/s07 VISOR); the official repository publishes no checksums.
+JOINTFORMER_STAGES = ("s0", "s01", "s2", "s02", "s012", "s24", "s024", "s5", "s05", "s015", "s026", "s0126",
+                      "s7", "s07")
 
 
 @dataclass(frozen=True)
@@ -34,10 +40,14 @@ CHECKPOINTS = {c.name: c for c in [
     Checkpoint("cutie-small-nomose", "cutie-small", f"{CUTIE_RELEASE}/cutie-small-nomose.pth"),
     Checkpoint("cutie-base-wmose", "cutie-base", f"{CUTIE_RELEASE}/cutie-base-wmose.pth"),
     Checkpoint("cutie-small-wmose", "cutie-small", f"{CUTIE_RELEASE}/cutie-small-wmose.pth"),
+    *(Checkpoint(f"jointformer_{stage}", "jointformer", f"{JOINTFORMER_RELEASE}/jointformer_{stage}.pth")
+      for stage in JOINTFORMER_STAGES),
 ]}
 
 # The checkpoint a model name loads when no weights are given.
-DEFAULT_CHECKPOINT = {"cutie-small": "cutie-small-mega", "cutie-base": "cutie-base-mega"}
+# JointFormer: the one the official eval.sh uses for DAVIS and YouTube-VOS.
+DEFAULT_CHECKPOINT = {"cutie-small": "cutie-small-mega", "cutie-base": "cutie-base-mega",
+                      "jointformer": "jointformer_s2"}
 
 
 def checkpoint_for(model: str, weights: str | Path | None) -> Path:

@@ -19,6 +19,12 @@ def per_object(fn, g: torch.Tensor) -> torch.Tensor:
     return out.view(b, k, *out.shape[1:])
 
 
+def fp32_region(x: torch.Tensor):
+    """A context with autocast off on ``x``'s device: the parts the official code runs in fp32
+    under AMP (``autocast(enabled=False)`` there). Inputs must still be cast with ``.float()``."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def upsample2x(g: torch.Tensor) -> torch.Tensor:
     """Bilinear x2 (align_corners=False) of a grouped tensor."""
     return per_object(lambda x: F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False), g)
@@ -113,8 +119,9 @@ class SensoryDeepUpdater(nn.Module):
         self.transform = GConv2d(f_dim + sensory_dim, sensory_dim * 3, 3, padding=1)
 
     def forward(self, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        g, h = g.float(), h.float()
-        return gru_update(h, self.transform(torch.cat([g, h], dim=2)))
+        with fp32_region(g):
+            g, h = g.float(), h.float()
+            return gru_update(h, self.transform(torch.cat([g, h], dim=2)))
 
 
 class SensoryUpdater(nn.Module):
@@ -129,8 +136,9 @@ class SensoryUpdater(nn.Module):
 
     def forward(self, g16: torch.Tensor, g8: torch.Tensor, g4: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         g = self.g16_conv(g16) + self.g8_conv(area_downsample(g8, 2)) + self.g4_conv(area_downsample(g4, 4))
-        g, h = g.float(), h.float()
-        return gru_update(h, self.transform(torch.cat([g, h], dim=2)))
+        with fp32_region(g):
+            g, h = g.float(), h.float()
+            return gru_update(h, self.transform(torch.cat([g, h], dim=2)))
 
 
 class MaskUpsampleBlock(nn.Module):

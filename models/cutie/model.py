@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import (GConv2d, GroupFeatureFusionBlock, GroupResBlock, MaskUpsampleBlock, SensoryDeepUpdater,
-                     SensoryUpdater, area_downsample, per_object)
+                     SensoryUpdater, area_downsample, fp32_region, per_object)
 from vosrt.kernels.topk_readout import topk_readout
 
 from .resnet import ResNetTrunk
@@ -121,7 +121,8 @@ class MaskDecoder(nn.Module):
         f8, f4 = self.decoder_feat_proc(f8, f4)
         p8 = self.up_16_8(readout, f8)
         p4 = self.up_8_4(p8, f4)
-        logits = per_object(lambda x: self.pred(F.relu(x.float())), p4)  # [B, K, 1, 4h, 4w]
+        with fp32_region(p4):
+            logits = per_object(lambda x: self.pred(F.relu(x.float())), p4)  # [B, K, 1, 4h, 4w]
         new_sensory = self.sensory_update(readout, p8, torch.cat([p4, logits.to(p4.dtype)], 2), sensory)
         return new_sensory, logits.squeeze(2)
 

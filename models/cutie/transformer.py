@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import CAResBlock, GConv2d
+from .blocks import CAResBlock, GConv2d, fp32_region
 
 
 def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:
@@ -61,12 +61,13 @@ class ObjectSummarizer(nn.Module):
         half = self.num_summaries // 2
         allowed = torch.cat([masks.expand(-1, -1, -1, -1, half), (1 - masks).expand(-1, -1, -1, -1, half)], -1)
         value = self.input_proj(value.permute(0, 1, 3, 4, 2))
-        value = (value + self.pos_enc(h, w).to(value.dtype)).float()
-        weights = self.weights_pred(value).sigmoid() * allowed  # [B, K, h, w, Q]
-        feature = self.feature_pred(value)  # [B, K, h, w, C]
-        sums = torch.einsum("bkhwq,bkhwc->bkqc", weights, feature)
-        area = weights.flatten(2, 3).sum(2).unsqueeze(-1)
-        return torch.cat([sums, area], dim=-1)
+        with fp32_region(value):
+            value = (value + self.pos_enc(h, w).to(value.dtype)).float()
+            weights = self.weights_pred(value).sigmoid() * allowed  # [B, K, h, w, Q]
+            feature = self.feature_pred(value)  # [B, K, h, w, C]
+            sums = torch.einsum("bkhwq,bkhwc->bkqc", weights, feature)
+            area = weights.flatten(2, 3).sum(2).unsqueeze(-1)
+            return torch.cat([sums, area], dim=-1)
 
 
 class MultiheadAttention(nn.Module):
@@ -81,6 +82,8 @@ class MultiheadAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # nn.MultiheadAttention's initialisation
+        nn.init.zeros_(self.in_proj_bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         n, length, dim = x.shape

@@ -1,0 +1,71 @@
+"""ONNX Runtime (CPU) implementation of vosrt's custom ONNX ops, through onnxruntime-extensions.
+
+onnxruntime-extensions runs Python functions as ops (``PyOp``), on the CPU only, and only in
+its own domain (``ai.onnx.contrib``). :func:`onnxruntime_model` therefore moves the vosrt
+nodes of a graph into that domain, in memory (the file keeps ``vosrt::TopKReadout``), and
+:func:`enable_custom_ops` registers the implementations with a session's options.
+``vosrt::TopKReadout`` runs :func:`~vosrt.kernels.topk_readout.topk_readout_reference`.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from vosrt.kernels.custom_op import DOMAIN, OP_TYPE, QUALIFIED_NAME
+from vosrt.kernels.topk_readout import topk_readout_reference
+
+SUPPORTED = (QUALIFIED_NAME,)
+
+
+def _extensions():
+    try:
+        import onnxruntime_extensions
+    except ImportError as exc:
+        raise RuntimeError("this export uses custom ops (exported with --custom-ops); running it on ONNX Runtime "
+                           "needs onnxruntime-extensions: pip install 'vosrt[export]'") from exc
+    return onnxruntime_extensions
+
+
+@functools.cache
+def _register_python_ops() -> str:
+    """Declare the PyOps once per process; returns the custom-op library to load into a session."""
+    ext = _extensions()
+    ext.onnx_op(op_type=OP_TYPE, inputs=[ext.PyOp.dt_float] * 5 + [ext.PyOp.dt_bool], outputs=[ext.PyOp.dt_float],
+                attrs={"top_k": ext.PyOp.dt_int64})(_topk_readout_numpy)
+    return ext.get_library_path()
+
+
+def _topk_readout_numpy(*arrays: np.ndarray, top_k: int) -> np.ndarray:
+    """``vosrt::TopKReadout`` on numpy arrays: the six inputs of
+    :func:`~vosrt.kernels.topk_readout.topk_readout_reference` -> ``[B, V, HW]`` float32."""
+    tensors = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+    with torch.inference_mode():
+        return topk_readout_reference(*tensors, top_k).numpy()
+
+
+def enable_custom_ops(options, custom_ops: list[str]) -> None:
+    """Make ``options`` (an ``onnxruntime.SessionOptions``) able to run ``custom_ops``
+    (qualified names, as in a manifest's ``custom_ops``)."""
+    unknown = sorted(set(custom_ops) - set(SUPPORTED))
+    if unknown:
+        raise ValueError(f"custom op(s) {', '.join(unknown)} have no ONNX Runtime implementation in this vosrt "
+                         f"(it has {', '.join(SUPPORTED)})")
+    if custom_ops:
+        options.register_custom_ops_library(_register_python_ops())
+
+
+def onnxruntime_model(path: str | Path) -> bytes:
+    """The ONNX model at ``path`` with its vosrt-domain nodes moved to the PyOp domain, serialised."""
+    model = onnx.load(str(path))
+    target = _extensions().default_opset_domain()
+    for node in model.graph.node:
+        if node.domain == DOMAIN:
+            node.domain = target
+    imports = [o for o in model.opset_import if o.domain not in (DOMAIN, target)]
+    del model.opset_import[:]
+    model.opset_import.extend(imports + [onnx.helper.make_opsetid(target, 1)])
+    return model.SerializeToString()

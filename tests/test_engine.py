@@ -1,0 +1,418 @@
+"""TensorRT engines: profiles, manifest, compatibility check, trtexec lines and the export CLI.
+
+Everything here runs without TensorRT or a GPU. The build flow (staging, manifest, timing
+cache reuse) runs against a small stand-in for the ``tensorrt`` module that records the
+builder calls and returns placeholder bytes; tests that need real engines are at the end
+and skip without TensorRT and a GPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from helpers import GOLDEN_CONFIG, assert_golden, davis_label_maps, mean_iou, run_golden_clip
+from vosrt.api import build_model
+from vosrt.cli import export_engine_main, main
+from vosrt.export import engine
+from vosrt.export.cutie_graphs import SPECS
+from vosrt.export.onnx_export import export_onnx, read_manifest
+
+HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(seeded_weights, tmp_path_factory):
+    """fp32 ONNX export of seed-1 cutie-small (top_k 30, 3 memory frames)."""
+    weights = seeded_weights("cutie-small")
+    return export_onnx(build_model("cutie-small", weights), "cutie-small", tmp_path_factory.mktemp("e") / "onnx",
+                       checkpoint=weights, top_k=30, max_mem_frames=3, progress=lambda _: None)
+
+
+def test_profile_shapes_follow_the_manifest(onnx_dir):
+    shapes = engine.EngineProfile(max_objects=3, resolution=(480, 854)).input_shapes(read_manifest(onnx_dir))
+    assert set(shapes) == set(SPECS)
+    for graph, spec in SPECS.items():
+        assert list(shapes[graph]) == list(spec.inputs)
+    assert shapes["image_encoder"]["image"] == {c: [1, 3, 480, 864] for c in ("min", "opt", "max")}
+    value = shapes["memory_readout"]["memory_value"]  # [1, K, C, N], N = frames x 30 x 54
+    assert value == {"min": [1, 1, 256, 1620], "opt": [1, 3, 256, 3 * 1620], "max": [1, 3, 256, 3 * 1620]}
+    assert shapes["memory_readout"]["last_mask"]["max"] == [1, 3, 480, 864]
+    assert shapes["mask_decoder"]["f4"]["min"] == [1, 64, 120, 216]
+    assert shapes["mask_encoder"]["masks"]["min"] == [1, 1, 480, 864]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: engine.EngineProfile(max_objects=0), "--max-objects must be >= 1"),
+    (lambda: engine.EngineProfile(resolution=(8, 100)), "--resolution must be HxW"),
+    (lambda: engine.BuildOptions(dla_core=-1), "--dla-core must be >= 0"),
+    (lambda: engine.BuildOptions(workspace_mib=0), "--workspace must be >= 1"),
+])
+def test_build_options_are_validated(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_workspace_is_smaller_on_jetson_and_dla(monkeypatch):
+    monkeypatch.setattr(engine, "is_jetson", lambda: False)
+    assert engine.BuildOptions().workspace == engine.WORKSPACE_MIB
+    assert engine.BuildOptions(dla_core=0).workspace == engine.SMALL_WORKSPACE_MIB
+    assert engine.BuildOptions(workspace_mib=512, dla_core=0).workspace == 512
+    monkeypatch.setattr(engine, "is_jetson", lambda: True)
+    assert engine.BuildOptions().workspace == engine.SMALL_WORKSPACE_MIB
+
+
+def test_trtexec_commands_match_the_build(onnx_dir):
+    manifest = read_manifest(onnx_dir)
+    options = engine.BuildOptions(engine.EngineProfile(2, (240, 320)), workspace_mib=2048)
+    mkdir, *lines = engine.trtexec_commands(onnx_dir, manifest, options)
+    assert mkdir == f"mkdir -p {onnx_dir / 'tensorrt'}"
+    assert len(lines) == len(SPECS)
+    image_line = lines[list(SPECS).index("image_encoder")]
+    assert f"--onnx={onnx_dir / 'image_encoder.onnx'}" in image_line
+    assert f"--saveEngine={onnx_dir / 'tensorrt' / 'image_encoder.engine'}" in image_line
+    assert "--minShapes=image:1x3x240x320" in image_line and "--stronglyTyped" in image_line
+    assert "--memPoolSize=workspace:2048M" in image_line and "--timingCacheFile=" in image_line
+    decoder_line = lines[list(SPECS).index("mask_decoder")]
+    assert "--maxShapes=f8:1x128x30x40,f4:1x64x60x80,readout:1x2x256x15x20,sensory:1x2x256x15x20" in decoder_line
+    dla = engine.trtexec_commands(onnx_dir, manifest, engine.BuildOptions(dla_core=1))[1]
+    assert "--useDLACore=1 --allowGPUFallback --fp16" in dla and "--stronglyTyped" not in dla
+
+
+ENVIRONMENT = {"tensorrt_version": "10.9.0.34", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tensorrt_version", "10.3.0", r"TensorRT 10.9.0.34 \(here: 10.3.0\)"),
+    ("gpu_name", "Orin", r"GPU NVIDIA H100 80GB HBM3 \(here: Orin\)"),
+    ("compute_capability", "8.7", r"compute capability 9.0 \(here: 8.7\)"),
+])
+def test_engines_from_another_environment_are_refused(tmp_path, field, value, message):
+    manifest = {"environment": ENVIRONMENT, "onnx_directory": ".."}
+    engine.check_compatible(manifest, engine.TensorRTEnvironment(**ENVIRONMENT), tmp_path)  # same: fine
+    here = engine.TensorRTEnvironment(**{**ENVIRONMENT, field: value})
+    with pytest.raises(RuntimeError, match=message) as err:
+        engine.check_compatible(manifest, here, tmp_path / "tensorrt")
+    assert f"rebuild them here with export-engine --from-onnx {tmp_path / 'tensorrt' / '..'}" in str(err.value)
+
+
+class FakeTensorRT(types.ModuleType):
+    """The part of the ``tensorrt`` module the builder uses; records the calls, builds placeholder bytes."""
+
+    def __init__(self, fail_on: str | None = None):
+        super().__init__("tensorrt")
+        self.__version__ = "10.9.0.34"
+        self.fail_on = fail_on
+        self.calls: list[tuple] = []
+        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+        self.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK="gpu_fallback", FP16="fp16")
+        self.DeviceType = types.SimpleNamespace(DLA="dla")
+        fake = self
+
+        class Config:
+            def __getattr__(self, name):
+                return lambda *args, **kwargs: fake.calls.append((name, *args, *kwargs.values()))
+
+            def create_timing_cache(self, data):
+                fake.calls.append(("create_timing_cache", bytes(data)))
+                self.cache = bytes(data) + b"+"
+                return self.cache
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                fake.calls.append(("set_timing_cache", cache, ignore_mismatch))
+                return True
+
+            def get_timing_cache(self):
+                return types.SimpleNamespace(serialize=lambda: self.cache)
+
+        class Builder:
+            num_DLA_cores = 0
+
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls.append(("create_network", flags))
+                return types.SimpleNamespace()
+
+            create_builder_config = staticmethod(Config)
+            create_optimization_profile = staticmethod(Config)
+
+            def build_serialized_network(self, network, config):
+                return None if fake.fail_on == network.path.stem else f"engine of {network.path.name}".encode()
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                self.network = network
+
+            def parse_from_file(self, path):
+                from pathlib import Path
+
+                self.network.path = Path(path)
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """``install(fake)``: ``fake`` as the tensorrt module, and torch reporting an H100."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: ENVIRONMENT["gpu_name"])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(engine, "is_jetson", lambda: False)
+
+    def install(fake: FakeTensorRT) -> FakeTensorRT:
+        monkeypatch.setitem(sys.modules, "tensorrt", fake)
+        return fake
+
+    return install
+
+
+def test_build_writes_engines_manifest_and_reuses_the_timing_cache(onnx_dir, tmp_path, fake_gpu, capsys):
+    trt = fake_gpu(FakeTensorRT())
+    options = engine.BuildOptions(engine.EngineProfile(2, (240, 320)))
+    lines = []
+    out = engine.build_engines(onnx_dir, tmp_path / "engines", options=options, progress=lines.append)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{g}.engine" for g in SPECS] + ["manifest.json", "timing.cache"])
+    assert (out / "mask_decoder.engine").read_bytes() == b"engine of mask_decoder.onnx"
+    assert lines[0] == "building image_encoder engine (fp32, GPU)" and len(lines) == len(SPECS)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == engine.ENGINE_FORMAT and manifest["model"] == "cutie-small"
+    assert manifest["environment"] == ENVIRONMENT
+    assert manifest["profile"] == {"max_objects": 2, "resolution": [240, 320], "max_mem_frames": 3}
+    assert manifest["input_shapes"]["memory_readout"]["memory_key"]["max"] == [1, 64, 3 * 15 * 20]
+    assert manifest["strongly_typed"] and manifest["dla_core"] is None and manifest["top_k"] == 30
+    assert (out / manifest["onnx_directory"]).resolve() == onnx_dir.resolve()
+    assert engine.read_engine_manifest(out) == manifest
+    assert main(["inspect", str(out)]) == 0
+    assert "built with TensorRT 10.9.0.34 for NVIDIA H100 80GB HBM3 (compute capability 9.0)" in capsys.readouterr().out
+    assert ("create_network", 1 << 1) in trt.calls  # STRONGLY_TYPED
+    assert ("set_memory_pool_limit", "workspace", engine.WORKSPACE_MIB << 20) in trt.calls
+    # Each graph's build starts from the cache the previous one left; a rebuild starts from the saved file.
+    caches = [c[1] for c in trt.calls if c[0] == "create_timing_cache"]
+    assert caches == [b"+" * i for i in range(len(SPECS))]
+    assert (out / "timing.cache").read_bytes() == b"+" * len(SPECS)
+    trt.calls.clear()
+    engine.build_engines(onnx_dir, out, options=options, progress=lambda _: None)
+    assert [c[1] for c in trt.calls if c[0] == "create_timing_cache"][0] == b"+" * len(SPECS)
+
+
+def test_export_engine_from_onnx_builds_with_the_cli_profile(onnx_dir, tmp_path, fake_gpu, capsys):
+    fake_gpu(FakeTensorRT())
+    out = tmp_path / "engines"
+    assert export_engine_main(["--from-onnx", str(onnx_dir), "--output", str(out), "--max-objects", "2",
+                               "--resolution", "240x320", "--max-mem-frames", "5", "--workspace", "512"]) == 0
+    printed = capsys.readouterr().out
+    assert "building memory_readout engine (fp32, GPU)" in printed
+    assert f"wrote TensorRT engines and manifest.json to {out}" in printed
+    manifest = engine.read_engine_manifest(out)
+    assert manifest["profile"] == {"max_objects": 2, "resolution": [240, 320], "max_mem_frames": 5}
+    assert manifest["input_shapes"]["memory_readout"]["memory_valid"]["max"] == [1, 5 * 15 * 20]
+    assert manifest["max_mem_frames"] == 5 and manifest["workspace_mib"] == 512
+
+
+def test_failed_build_leaves_the_previous_engines(onnx_dir, tmp_path, fake_gpu):
+    fake_gpu(FakeTensorRT())
+    out = engine.build_engines(onnx_dir, tmp_path / "engines", progress=lambda _: None)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    fake_gpu(FakeTensorRT(fail_on="memory_readout"))
+    with pytest.raises(RuntimeError, match="failed to build an engine from .*memory_readout.onnx"):
+        engine.build_engines(onnx_dir, out, progress=lambda _: None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["engines"]  # no staging directory left
+
+
+def test_dla_needs_an_fp16_export(onnx_dir, tmp_path, fake_gpu):
+    fake_gpu(FakeTensorRT())
+    with pytest.raises(ValueError, match="DLA runs fp16 only"):
+        engine.build_engines(onnx_dir, tmp_path / "e", options=engine.BuildOptions(dla_core=0))
+
+
+def test_custom_op_plugins_are_registered_when_the_manifest_lists_them(monkeypatch):
+    from vosrt.kernels import trt_plugin
+
+    registered = []
+    monkeypatch.setattr(trt_plugin, "register", lambda: registered.append(True))
+    engine.register_custom_ops({"custom_ops": []})
+    assert registered == []
+    engine.register_custom_ops({"custom_ops": ["vosrt::TopKReadout"]})
+    assert registered == [True]
+
+
+def test_tensorrt_backend_refuses_engines_built_elsewhere(onnx_dir, tmp_path, fake_gpu):
+    from vosrt.runtime.tensorrt_graphs import TensorRTGraphs
+
+    fake_gpu(FakeTensorRT())
+    out = engine.build_engines(onnx_dir, tmp_path / "engines", progress=lambda _: None)
+    jetson = engine.TensorRTEnvironment("10.3.0", "Orin", "8.7")
+    with pytest.raises(RuntimeError, match="built for TensorRT 10.9.0.34 .*rebuild them here"):
+        TensorRTGraphs(out, "cuda", environment=jetson)
+
+
+def test_engines_missing_or_incomplete_are_reported(onnx_dir, tmp_path, fake_gpu):
+    with pytest.raises(FileNotFoundError, match="no TensorRT engines in"):
+        engine.read_engine_manifest(onnx_dir)
+    fake_gpu(FakeTensorRT())
+    out = engine.build_engines(onnx_dir, tmp_path / "engines", progress=lambda _: None)
+    (out / "mask_decoder.engine").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks the engine.s. mask_decoder"):
+        engine.read_engine_manifest(out)
+
+
+@pytest.mark.skipif(HAVE_TENSORRT, reason="TensorRT and a GPU are here: the engines would be built")
+def test_export_engine_from_onnx_without_tensorrt(onnx_dir, capsys):
+    assert export_engine_main(["--from-onnx", str(onnx_dir), "--max-objects", "2", "--resolution", "240x320"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vosrt export: error: building TensorRT engines needs ")
+    assert f"export-engine --from-onnx {onnx_dir}" in err and "trtexec --onnx=" in err
+    assert "--maxShapes=image:1x3x240x320" in err and "Traceback" not in err
+    assert not (onnx_dir / "tensorrt").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--from-onnx", "{onnx}", "--format", "onnx"], "--format onnx has nothing to do"),
+    (["--from-onnx", "{onnx}", "--fp16"], "--fp16 apply to the ONNX export"),
+    (["--from-onnx", "{onnx}", "--max-objects", "0"], "--max-objects must be >= 1"),
+    (["--from-onnx", "{onnx}", "--dla-core", "-1"], "--dla-core must be >= 0"),
+    (["cutie-base", "--from-onnx", "{onnx}"], "holds cutie-small, not cutie-base"),
+    (["--from-onnx", "{missing}"], "is not a vosrt export"),
+    ([], "name the model to export"),
+])
+def test_export_engine_argument_errors(onnx_dir, tmp_path, capsys, argv, message):
+    argv = [a.format(onnx=onnx_dir, missing=tmp_path) for a in argv]
+    assert export_engine_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_export_engine_prints_trtexec_commands(onnx_dir, capsys):
+    assert export_engine_main(["--from-onnx", str(onnx_dir), "--trtexec", "--dla-core", "0"]) == 0
+    mkdir, *lines = capsys.readouterr().out.splitlines()
+    assert mkdir == f"mkdir -p {onnx_dir / 'tensorrt'}" and len(lines) == len(SPECS)
+    assert all(line.startswith("trtexec --onnx=") and "--useDLACore=0" in line for line in lines)
+    assert not (onnx_dir / "tensorrt").exists()
+
+
+def test_no_trtexec_commands_for_custom_op_exports(onnx_dir):
+    manifest = {**read_manifest(onnx_dir), "custom_ops": ["vosrt::TopKReadout"]}
+    with pytest.raises(ValueError, match="plugin registers from Python: build its engines with export-engine"):
+        engine.trtexec_commands(onnx_dir, manifest, engine.BuildOptions())
+
+
+def test_export_engine_rejects_a_malformed_resolution(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        export_engine_main(["cutie-small", "--resolution", "480"])
+    assert exit_.value.code == 2 and "expected HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(cuda_graph=True), "cuda_graph=True needs an NVIDIA GPU"),
+    (dict(fp16=True), "fp16=True with backend='torch' needs an NVIDIA GPU"),
+    (dict(amp=True), "amp=True needs an NVIDIA GPU"),
+    (dict(backend="tensorrt"), "backend='tensorrt' needs an NVIDIA GPU"),
+])
+def test_gpu_options_need_cuda(options, message):
+    import vosrt
+
+    with pytest.raises(ValueError, match=message):
+        vosrt.load("cutie-small", weights="unused.pth", device="cpu", **options)
+
+
+def test_gpu_options_that_do_not_combine():
+    import vosrt
+
+    with pytest.raises(ValueError, match="official eager AMP of backend='torch'"):
+        vosrt.load("cutie-small", backend="onnxruntime", device="cuda", amp=True)
+    with pytest.raises(ValueError, match="for fp16 with CUDA graphs use fp16=True"):
+        vosrt.load("cutie-small", device="cuda", amp=True, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph=True applies to backend='torch' or 'tensorrt'"):
+        vosrt.load("cutie-small", backend="onnxruntime", device="cuda", cuda_graph=True)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--backend", "tensorrt"], "backend='tensorrt' needs an NVIDIA GPU"),
+    (["--fp16", "--cuda-graph"], "fp16=True with backend='torch' needs an NVIDIA GPU"),
+    (["--amp"], "amp=True needs an NVIDIA GPU"),
+])
+def test_segment_gpu_flags_on_cpu_are_one_line_errors(tmp_path, capsys, flags, message):
+    from helpers import DAVIS
+
+    argv = ["segment", "cutie-small", "--input", str(DAVIS / "images" / "bike"), "--masks",
+            str(DAVIS / "masks" / "bike"), "--output", str(tmp_path / "out"), "--weights", "unused.pth", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- real engines
+
+
+@pytest.fixture(scope="module")
+def engines(onnx_dir):
+    return engine.build_engines(onnx_dir, options=engine.BuildOptions(engine.EngineProfile(3, (240, 320))),
+                                progress=lambda _: None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_TENSORRT, reason="needs TensorRT and an NVIDIA GPU")
+def test_engines_match_onnxruntime(engines):
+    from vosrt.export.verify import compare_engines_with_onnxruntime
+
+    checks = compare_engines_with_onnxruntime(engines)
+    assert {c.graph for c in checks} == set(SPECS)
+    worst = max(checks, key=lambda c: c.relative_error)
+    print(f"worst {worst.graph}/{worst.output}: rel error {worst.relative_error:.2e}")
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_TENSORRT, reason="needs TensorRT and an NVIDIA GPU")
+def test_tensorrt_backend_reproduces_official_outputs(engines, seeded_weights):
+    import vosrt
+
+    for cuda_graph in (False, True):
+        session = vosrt.load("cutie-small", backend="tensorrt", device="cuda", export_dir=engines,
+                             cuda_graph=cuda_graph, **GOLDEN_CONFIG)
+        assert_golden(run_golden_clip(session, "cutie-small"), ignore_ties=True)
+    assert main(["verify", str(engines)]) == 0
+
+
+@pytest.fixture(scope="module")
+def fp16_engines(seeded_weights, tmp_path_factory):
+    """fp16 export and engines of seed-1 cutie-small for the DAVIS examples (480x854, 4 objects)."""
+    weights = seeded_weights("cutie-small")
+    onnx = export_onnx(build_model("cutie-small", weights), "cutie-small", tmp_path_factory.mktemp("e16") / "onnx",
+                       checkpoint=weights, fp16=True, progress=lambda _: None)
+    return engine.build_engines(onnx, options=engine.BuildOptions(engine.EngineProfile(4, (480, 854))),
+                                progress=lambda _: None)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TENSORRT, reason="needs TensorRT and an NVIDIA GPU")
+@pytest.mark.parametrize("clip", ["judo", "bike"])
+def test_fp16_engines_match_fp32_eager_on_real_clips(fp16_engines, seeded_weights, clip):
+    import numpy as np
+
+    import vosrt
+
+    weights = seeded_weights("cutie-small")
+    reference = davis_label_maps(vosrt.load("cutie-small", weights=weights, device="cuda"), clip)
+    session = vosrt.load("cutie-small", backend="tensorrt", device="cuda", export_dir=fp16_engines, fp16=True,
+                         cuda_graph=True)
+    ious = [mean_iou(a, b) for a, b in zip(davis_label_maps(session, clip), reference)]
+    print(f"{clip}: fp16 engines vs fp32 eager, per-frame mIoU min {min(ious):.4f} mean {np.mean(ious):.4f}")
+    assert min(ious) >= 0.97
+

@@ -1,0 +1,183 @@
+"""``vosrt eval``: J&F against ground truth (DAVIS protocol, computed by the ``vos-benchmark``
+package) and per-frame IoU agreement between two prediction folders.
+
+A folder is either one video (PNG label maps directly inside) or a dataset (one sub-folder
+of PNGs per video); both sides must have the same form.
+"""
+from __future__ import annotations
+
+import contextlib
+import io as text_io
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vosrt import io
+
+
+@dataclass
+class JFScore:
+    """Scores in percent: ``jf`` = (J + F) / 2 over all objects of all videos;
+    ``objects``: (video, object id) -> (J, F)."""
+
+    jf: float
+    j: float
+    f: float
+    objects: dict[tuple[str, int], tuple[float, float]]
+
+
+def videos_in(folder: str | Path) -> dict[str, Path]:
+    """Video name -> folder of PNG label maps: the folder itself when it holds PNGs, else its
+    sub-folders that do."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    if any(folder.glob("*.png")):
+        return {folder.resolve().name: folder}
+    videos = {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and any(p.glob("*.png"))}
+    if not videos:
+        raise ValueError(f"no PNG label maps in {folder} or in its sub-folders")
+    return videos
+
+
+def jf_score(pred: str | Path, gt: str | Path, skip_first_and_last: bool = True) -> JFScore:
+    """J&F of the predictions in ``pred`` against the ground truth in ``gt``, computed by
+    ``vos_benchmark.benchmark`` (first and last frame skipped, as in DAVIS semi-supervised
+    evaluation, unless ``skip_first_and_last`` is False). Every ground-truth frame needs a
+    prediction of the same size; predictions without ground truth are ignored."""
+    try:
+        from vos_benchmark.benchmark import benchmark
+    except ImportError:
+        raise RuntimeError("vosrt eval needs vos-benchmark: pip install 'vosrt[eval]'") from None
+    gt_videos = videos_in(gt)
+    pred_videos = _paired(videos_in(pred), gt_videos)
+    _check_frames(pred_videos, gt_videos)
+    with tempfile.TemporaryDirectory(prefix="vosrt-eval-") as work:
+        # vos-benchmark reads <root>/<video>/*.png and writes results.csv into the prediction
+        # root: give it roots of links, so the user's folders stay as they are.
+        roots = {side: Path(work) / side for side in ("pred", "gt")}
+        for side, videos in (("pred", pred_videos), ("gt", gt_videos)):
+            roots[side].mkdir()
+            for name, folder in videos.items():
+                (roots[side] / name).symlink_to(folder.resolve(), target_is_directory=True)
+        with contextlib.redirect_stdout(text_io.StringIO()):
+            (jf,), (j,), (f,), (per_video,) = benchmark([str(roots["gt"])], [str(roots["pred"])], num_processes=1,
+                                                        verbose=False, skip_first_and_last=skip_first_and_last)
+    objects = {(video, int(obj)): (float(ious[obj]), float(fs[obj]))
+               for video, (ious, fs) in per_video.items() for obj in ious}
+    return JFScore(float(jf), float(j), float(f), objects)
+
+
+def _paired(pred_videos: dict[str, Path], gt_videos: dict[str, Path]) -> dict[str, Path]:
+    """Prediction folder for each ground-truth video (one video against one: any names)."""
+    if len(gt_videos) == 1 and len(pred_videos) == 1:
+        return {next(iter(gt_videos)): next(iter(pred_videos.values()))}
+    missing = sorted(set(gt_videos) - set(pred_videos))
+    if missing:
+        raise ValueError(f"no predictions for video(s) {', '.join(missing)}")
+    return {name: pred_videos[name] for name in gt_videos}
+
+
+def _check_frames(pred_videos: dict[str, Path], gt_videos: dict[str, Path]) -> None:
+    """What vos-benchmark would end the process over (it calls ``exit``), as errors: every
+    ground-truth frame needs a prediction of the same size."""
+    for name, gt_folder in gt_videos.items():
+        for gt_path in sorted(gt_folder.glob("*.png")):
+            pred_path = pred_videos[name] / gt_path.name
+            if not pred_path.is_file():
+                raise ValueError(f"no prediction {pred_path} for the ground truth {gt_path}")
+            gt_size, pred_size = _size(gt_path), _size(pred_path)
+            if gt_size != pred_size:
+                raise ValueError(f"prediction {pred_path} is {pred_size[0]}x{pred_size[1]} but the ground truth "
+                                 f"is {gt_size[0]}x{gt_size[1]}")
+
+
+def _size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except OSError as err:
+        raise ValueError(f"cannot read mask {path}: {err}") from None
+
+
+@dataclass
+class FrameAgreement:
+    """``iou``: mean over the objects present in either label map of their IoU (1.0 when
+    neither has an object); ``pixels``: fraction of pixels with the same label."""
+
+    video: str
+    frame: str
+    iou: float
+    pixels: float
+
+
+def compare_predictions(a: str | Path, b: str | Path) -> list[FrameAgreement]:
+    """Per-frame agreement of two prediction folders (e.g. an fp16 engine against eager), over
+    the frames both have. Label maps of a frame must have the same size."""
+    videos_a, videos_b = videos_in(a), videos_in(b)
+    if len(videos_a) == 1 and len(videos_b) == 1:
+        videos_b = _paired(videos_b, videos_a)
+    results = []
+    for video in sorted(set(videos_a) & set(videos_b)):
+        frames_b = {p.name for p in videos_b[video].glob("*.png")}
+        for path_a in sorted(videos_a[video].glob("*.png")):
+            if path_a.name in frames_b:
+                results.append(_agreement(video, path_a, videos_b[video] / path_a.name))
+    if not results:
+        raise ValueError(f"{a} and {b} have no label map (video/frame name) in common")
+    return results
+
+
+def _agreement(video: str, path_a: Path, path_b: Path) -> FrameAgreement:
+    labels_a, _ = io.read_label_map(path_a)
+    labels_b, _ = io.read_label_map(path_b)
+    if labels_a.shape != labels_b.shape:
+        raise ValueError(f"{path_a} is {labels_a.shape[0]}x{labels_a.shape[1]} but {path_b} is "
+                         f"{labels_b.shape[0]}x{labels_b.shape[1]}")
+    objects = np.setdiff1d(np.union1d(np.unique(labels_a), np.unique(labels_b)), [0])
+    ious = [np.logical_and(labels_a == o, labels_b == o).sum() / np.logical_or(labels_a == o, labels_b == o).sum()
+            for o in objects]
+    return FrameAgreement(video, path_a.stem, float(np.mean(ious)) if ious else 1.0,
+                          float((labels_a == labels_b).mean()))
+
+
+
+# -- reports -------------------------------------------------------------------------------
+
+def score_report(score: JFScore) -> dict:
+    """JSON-ready form of a :class:`JFScore`."""
+    return {"metric": "J&F (DAVIS protocol, vos-benchmark)", "J&F": score.jf, "J": score.j, "F": score.f,
+            "objects": [{"video": video, "object": obj, "J": j, "F": f, "J&F": (j + f) / 2}
+                        for (video, obj), (j, f) in sorted(score.objects.items())]}
+
+
+def format_score(score: JFScore) -> str:
+    lines = [f"{'video':20} {'obj':>3} {'J&F':>6} {'J':>6} {'F':>6}"]
+    lines += [f"{video:20} {obj:>3} {(j + f) / 2:6.1f} {j:6.1f} {f:6.1f}"
+              for (video, obj), (j, f) in sorted(score.objects.items())]
+    lines.append(f"{'global':20} {'':>3} {score.jf:6.1f} {score.j:6.1f} {score.f:6.1f}")
+    return "\n".join(lines)
+
+
+def agreement_report(frames: list[FrameAgreement]) -> dict:
+    """Mean and worst IoU agreement over the frames, and every frame."""
+    worst = min(frames, key=lambda a: a.iou)
+    return {"metric": "per-frame IoU agreement (mean over objects)", "frames": len(frames),
+            "mean_iou": float(np.mean([a.iou for a in frames])),
+            "min_iou": worst.iou, "min_iou_frame": f"{worst.video}/{worst.frame}",
+            "mean_pixel_agreement": float(np.mean([a.pixels for a in frames])),
+            "per_frame": [asdict(a) for a in frames]}
+
+
+def format_agreement(report: dict, worst: int = 5) -> str:
+    frames = sorted(report["per_frame"], key=lambda a: a["iou"])[:worst]
+    lines = [f"{report['frames']} frames compared: mean IoU {report['mean_iou']:.4f}, "
+             f"worst {report['min_iou']:.4f} ({report['min_iou_frame']}), "
+             f"pixels with the same label {100 * report['mean_pixel_agreement']:.2f}%",
+             f"lowest {len(frames)} frames:"]
+    lines += [f"  {a['video']}/{a['frame']}  IoU {a['iou']:.4f}  same label {100 * a['pixels']:.2f}%" for a in frames]
+    return "\n".join(lines)
