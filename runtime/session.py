@@ -154,10 +154,11 @@ class CutieSession(VideoSession):
             chunk = self.config.chunk_size if self.config.chunk_size > 0 else len(rows)
             for start in range(0, len(rows), chunk):
                 part = rows[start:start + chunk]
-                self._readout[:, part] = self.graphs.read_memory(
+                readout = self.graphs.read_memory(
                     feats.key, feats.selection, feats.pix_feat, memory_key, memory_shrinkage,
                     memory_value[:, start:start + chunk], memory_valid, self._sensory[:, part],
                     self._last_mask[:, part], self._obj_memory[:, part])
+                self._readout[:, part] = readout.to(self._readout.dtype)  # fp16 under autocast
         new_sensory, prob = self.graphs.decode(feats.f8, feats.f4, self._readout, self._sensory)
         if update_sensory:
             self._sensory.copy_(new_sensory)

@@ -161,3 +161,20 @@ def test_working_memory_masks_unwritten_slots_and_new_buckets():
     assert memory.buckets[0].object_ids == [2] and memory.buckets[0].value.shape[1] == 1
     memory.remove_objects([2])
     assert [b.object_ids for b in memory.buckets] == [[3]]
+
+
+def test_fp16_stages_feed_the_fp32_session_state(seeded_weights):
+    """The fp16 torch mode (autocast per stage; CUDA in vosrt.load, CPU autocast here) returns
+    fp16 readouts that the session writes into its fp32 buffers."""
+    from vosrt.api import build_model
+    from vosrt.runtime.graphs import TorchGraphs
+    from vosrt.runtime.session import CutieSession, InferenceConfig
+
+    graphs = TorchGraphs(build_model("cutie-small", seeded_weights("cutie-small")), "cpu", top_k=30, fp16=True)
+    session = CutieSession(graphs, InferenceConfig(mem_every=1, max_internal_size=64))
+    frames = [synthetic_frame(i) for i in range(3)]
+    prob = session.step(frames[0], synthetic_mask(0), objects=[1, 2])
+    for frame in frames[1:]:
+        prob = session.step(frame)
+    assert prob.dtype == np.float32 and prob.shape == (3, *frames[0].shape[:2])
+    assert np.isfinite(prob).all() and np.allclose(prob.sum(0), 1, atol=1e-3)
