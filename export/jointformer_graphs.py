@@ -7,6 +7,8 @@ joint blocks, M = cache slots x hw reference tokens. The per-block reference key
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -38,21 +40,24 @@ SPECS = {
 
 
 class _Stage(nn.Module):
-    """One stage method of a shared :class:`JointFormer` with fixed top-K options."""
+    """One stage method of a shared :class:`JointFormer`, called with fixed trailing ``options``."""
 
-    def __init__(self, model: JointFormer, stage: str, topk: TopKConfig | None):
+    def __init__(self, model: JointFormer, stage: str, options: tuple):
         super().__init__()
-        self.model, self.stage, self.topk = model, stage, topk
+        self.model, self.stage, self.options = model, stage, options
 
     def forward(self, *inputs):
-        options = () if self.topk is None else (self.topk,)
-        return getattr(self.model, self.stage)(*inputs, *options)
+        return getattr(self.model, self.stage)(*inputs, *self.options)
 
 
-def graph_modules(model: JointFormer, topk: TopKConfig) -> dict[str, nn.Module]:
-    """The four graphs over one shared ``model`` in eval mode."""
-    stages = {"query_encoder": ("encode_query", None), "reference_encoder": ("encode_reference", topk),
-              "joint_propagation": ("propagate", topk), "decoder": ("decode", topk)}
+def graph_modules(model: JointFormer, topk: TopKConfig, joint_attention: Callable | None = None
+                  ) -> dict[str, nn.Module]:
+    """The four graphs over one shared ``model`` in eval mode. ``joint_attention``: what computes
+    the top-K filtered joint blocks' attention (default: the model's standard-op formulation;
+    :func:`vosrt.kernels.custom_op.topk_joint_attention_op` exports one custom node per block)."""
+    propagate = (topk,) if joint_attention is None else (topk, joint_attention)
+    stages = {"query_encoder": ("encode_query", ()), "reference_encoder": ("encode_reference", (topk,)),
+              "joint_propagation": ("propagate", propagate), "decoder": ("decode", (topk,))}
     return {name: _Stage(model.eval(), stage, options).eval() for name, (stage, options) in stages.items()}
 
 

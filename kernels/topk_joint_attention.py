@@ -83,16 +83,20 @@ def _weighted_gather(values: torch.Tensor, index: torch.Tensor, weights: torch.T
 
 
 def _topk_joint_attention_kernel(
-    q_ptr, k_ptr, v_ptr, rk_ptr, rv_ptr, valid_ptr, out_ptr,
-    N, M, heads, top_k, scale,
+    q_ptr, k_ptr, v_ptr, rk_ptr, rv_ptr, valid_ptr,
+    N, M, heads, top_k,
     stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn,
     stride_rkb, stride_rkm, stride_rvb, stride_rvm, stride_validb, stride_validm, stride_ob, stride_on,
+    out_ptr,
     D: tl.constexpr, LOG_K: tl.constexpr, LOG_BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
     """One program per (BLOCK_Q queries, batch * head). Pass 1 streams the reference tokens,
     keeping each query's best 2**LOG_K (score, index) keys; the kept scores start an online
     softmax (their values gathered), which pass 2 extends over the current-frame tokens.
-    Tensors are ``[B * Hd, tokens, D]`` with unit stride over D."""
+    Tensors are ``[B * Hd, tokens, D]`` with unit stride over D. Arguments are ordered inputs,
+    integer scalars, output (the scale 1/sqrt(D) is derived here), as TensorRT's ahead-of-time
+    plugins launch a kernel (see ``trt_plugin``)."""
+    scale = 1.0 / tl.sqrt_rn(tl.full([], D, tl.float32))
     bh = tl.program_id(1).to(tl.int64)
     q_ptr += bh * stride_qb
     k_ptr += bh * stride_kb
@@ -172,14 +176,19 @@ def topk_joint_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         ref_valid = torch.ones(b, m, dtype=torch.bool, device=q.device)
     q3, k3, v3, rk3, rv3 = (t.reshape(b * heads, t.shape[2], d).contiguous() for t in (q, k, v, ref_k, ref_v))
     out = torch.empty_like(q3)
-    log_k = (top_k - 1).bit_length()
     kernel[(triton.cdiv(n, BLOCK_Q), b * heads)](
-        q3, k3, v3, rk3, rv3, ref_valid, out, n, m, heads, top_k, d ** -0.5,
+        q3, k3, v3, rk3, rv3, ref_valid, n, m, heads, top_k,
         q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
         rk3.stride(0), rk3.stride(1), rv3.stride(0), rv3.stride(1), *ref_valid.stride(), out.stride(0), out.stride(1),
-        D=d, LOG_K=log_k, LOG_BLOCK_M=max(BLOCK_M.bit_length() - 1, log_k), BLOCK_Q=BLOCK_Q, num_warps=num_warps,
+        out, **kernel_constants(top_k, d, BLOCK_Q, BLOCK_M), num_warps=num_warps,
     )
     return out.view(b, heads, n, d)
+
+
+def kernel_constants(top_k: int, head_dim: int, BLOCK_Q: int, BLOCK_M: int) -> dict[str, int]:
+    """The kernel's compile-time constants for ``top_k``, the head size and power-of-two block sizes."""
+    log_k = (top_k - 1).bit_length()
+    return dict(D=head_dim, LOG_K=log_k, LOG_BLOCK_M=max(BLOCK_M.bit_length() - 1, log_k), BLOCK_Q=BLOCK_Q)
 
 
 def topk_joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref_k: torch.Tensor,

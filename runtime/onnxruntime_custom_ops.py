@@ -2,23 +2,21 @@
 
 onnxruntime-extensions runs Python functions as ops (``PyOp``), on the CPU only, and only in
 its own domain (``ai.onnx.contrib``). :func:`onnxruntime_model` therefore moves the vosrt
-nodes of a graph into that domain, in memory (the file keeps ``vosrt::TopKReadout``), and
-:func:`enable_custom_ops` registers the implementations with a session's options.
-``vosrt::TopKReadout`` runs :func:`~vosrt.kernels.topk_readout.topk_readout_reference`.
+nodes of a graph into that domain, in memory (the file keeps ``vosrt::<op>``), and
+:func:`enable_custom_ops` registers the implementations with a session's options. Every op
+of :data:`vosrt.kernels.custom_op.OPS` runs its torch ``reference``.
 """
 from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 import torch
 
-from vosrt.kernels.custom_op import DOMAIN, OP_TYPE, QUALIFIED_NAME
-from vosrt.kernels.topk_readout import topk_readout_reference
-
-SUPPORTED = (QUALIFIED_NAME,)
+from vosrt.kernels.custom_op import DOMAIN, OPS, CustomOp
 
 
 def _extensions():
@@ -32,28 +30,34 @@ def _extensions():
 
 @functools.cache
 def _register_python_ops() -> str:
-    """Declare the PyOps once per process; returns the custom-op library to load into a session."""
+    """Declare every op as a PyOp once per process; returns the custom-op library to load into a session."""
     ext = _extensions()
-    ext.onnx_op(op_type=OP_TYPE, inputs=[ext.PyOp.dt_float] * 5 + [ext.PyOp.dt_bool], outputs=[ext.PyOp.dt_float],
-                attrs={"top_k": ext.PyOp.dt_int64})(_topk_readout_numpy)
+    for op in OPS.values():
+        inputs = [ext.PyOp.dt_bool if name in op.bool_inputs else ext.PyOp.dt_float for name in op.inputs]
+        ext.onnx_op(op_type=op.op_type, inputs=inputs, outputs=[ext.PyOp.dt_float],
+                    attrs=dict.fromkeys(op.attributes, ext.PyOp.dt_int64))(_numpy_function(op))
     return ext.get_library_path()
 
 
-def _topk_readout_numpy(*arrays: np.ndarray, top_k: int) -> np.ndarray:
-    """``vosrt::TopKReadout`` on numpy arrays: the six inputs of
-    :func:`~vosrt.kernels.topk_readout.topk_readout_reference` -> ``[B, V, HW]`` float32."""
-    tensors = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
-    with torch.inference_mode():
-        return topk_readout_reference(*tensors, top_k).numpy()
+def _numpy_function(op: CustomOp) -> Callable[..., np.ndarray]:
+    """``op``'s reference on numpy arrays (the inputs in order, attributes as keywords) -> float32 array."""
+
+    def compute(*arrays: np.ndarray, **attributes: int) -> np.ndarray:
+        tensors = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+        with torch.inference_mode():
+            return op.reference(*tensors, **attributes).numpy()
+
+    compute.__name__ = f"{op.op_type}_numpy"
+    return compute
 
 
 def enable_custom_ops(options, custom_ops: list[str]) -> None:
     """Make ``options`` (an ``onnxruntime.SessionOptions``) able to run ``custom_ops``
     (qualified names, as in a manifest's ``custom_ops``)."""
-    unknown = sorted(set(custom_ops) - set(SUPPORTED))
+    unknown = sorted(set(custom_ops) - set(OPS))
     if unknown:
         raise ValueError(f"custom op(s) {', '.join(unknown)} have no ONNX Runtime implementation in this vosrt "
-                         f"(it has {', '.join(SUPPORTED)})")
+                         f"(it has {', '.join(OPS)})")
     if custom_ops:
         options.register_custom_ops_library(_register_python_ops())
 

@@ -1,12 +1,15 @@
-"""The top-k readout as the custom ONNX op vosrt::TopKReadout: export, ONNX Runtime, TensorRT plugin."""
+"""vosrt's custom ONNX ops (Cutie's vosrt::TopKReadout, JointFormer's vosrt::TopKJointAttention):
+export, ONNX Runtime, TensorRT plugin."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
+from typing import Tuple
 
 import numpy as np
 import onnx
@@ -19,13 +22,17 @@ from vosrt.api import build_model
 from vosrt.cli import export_engine_main, main
 from vosrt.export import onnx_export
 from vosrt.export.cutie_graphs import SPECS, example_inputs
+from vosrt.export import jointformer_graphs
 from vosrt.export.verify import compare_with_eager
-from vosrt.kernels import trt_plugin
-from vosrt.kernels.custom_op import QUALIFIED_NAME, topk_readout_op
+from vosrt.kernels import topk_joint_attention, topk_readout, trt_plugin
+from vosrt.kernels.custom_op import OPS, TOPK_JOINT_ATTENTION, TOPK_READOUT, topk_joint_attention_op, topk_readout_op
+from vosrt.kernels.topk_joint_attention import topk_joint_attention_reference
 from vosrt.kernels.topk_readout import topk_readout_reference, triton_available
+from vosrt.models.jointformer import JointFormer
 from vosrt.runtime.onnxruntime_graphs import OnnxRuntimeGraphs, create_session
 
 MODEL = "cutie-small"
+QUALIFIED_NAME = TOPK_READOUT.qualified_name
 DECOMPOSED_READOUT_OPS = {"TopK", "ScatterElements"}
 
 
@@ -58,11 +65,29 @@ def test_export_emits_one_custom_node_and_lists_it(exports):
     assert manifests["custom"]["custom_ops"] == [QUALIFIED_NAME] and manifests["standard"]["custom_ops"] == []
 
 
-def test_custom_op_is_the_readout_eagerly():
-    g = torch.Generator().manual_seed(3)
-    inputs = [torch.randn(1, 8, 20, generator=g), torch.rand(1, 8, 20, generator=g), torch.randn(1, 8, 60, generator=g),
-              1 + torch.rand(1, 1, 60, generator=g), torch.randn(1, 12, 60, generator=g), torch.rand(1, 60, generator=g) > 0.2]
+def readout_inputs(seed: int = 3, batch: int = 1, ck: int = 8, hw: int = 20, n: int = 60, v: int = 12):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, ck, hw, generator=g), torch.rand(batch, ck, hw, generator=g),
+            torch.randn(batch, ck, n, generator=g), 1 + torch.rand(batch, 1, n, generator=g),
+            torch.randn(batch, v, n, generator=g), torch.rand(batch, n, generator=g) > 0.2]
+
+
+def joint_inputs(seed: int = 4, batch: int = 2, heads: int = 3, n: int = 10, m: int = 40, d: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    return [*(torch.randn(batch, heads, n, d, generator=g) for _ in range(3)),
+            *(torch.randn(batch, heads, m, d, generator=g) for _ in range(2)), torch.rand(batch, m, generator=g) > 0.3]
+
+
+def test_custom_ops_are_their_references_eagerly():
+    inputs = readout_inputs()
     torch.testing.assert_close(topk_readout_op(*inputs, 7), topk_readout_reference(*inputs, 7), rtol=0, atol=0)
+    inputs = joint_inputs()
+    torch.testing.assert_close(topk_joint_attention_op(*inputs, 5), topk_joint_attention_reference(*inputs, 5),
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="'every_frame' has no custom op"):
+        topk_joint_attention_op(*inputs, 5, frame_tokens=20)
+    with pytest.raises(ValueError, match="head_dim=8 but q has 16 channels"):
+        TOPK_JOINT_ATTENTION.reference(*inputs, top_k=5, head_dim=8)
 
 
 def test_onnxruntime_custom_op_matches_standard_graph_and_eager(exports, seeded_weights):
@@ -112,50 +137,180 @@ def test_inspect_lists_custom_ops(exports, capsys):
     assert f"custom ops {QUALIFIED_NAME}" in capsys.readouterr().out
 
 
+@pytest.fixture(scope="module")
+def jointformer_shapes():
+    """JointFormer on the meta device: what ``example_inputs`` reads, without weights."""
+    with torch.device("meta"):
+        return JointFormer()
+
+
+def test_jointformer_custom_op_export_has_one_node_per_filtered_block(jointformer_export):
+    custom, standard = jointformer_export("custom"), jointformer_export("fp32")
+    assert json.loads((custom / "manifest.json").read_text())["custom_ops"] == [TOPK_JOINT_ATTENTION.qualified_name]
+    assert json.loads((standard / "manifest.json").read_text())["custom_ops"] == []
+    nodes = onnx.load(str(custom / "joint_propagation.onnx")).graph.node
+    joint = [n for n in nodes if n.domain == "vosrt"]
+    assert [n.op_type for n in joint] == ["TopKJointAttention"] * 11  # topk_block all_blocks: the 11 joint blocks
+    assert all({a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} ==
+               {"top_k": 30, "head_dim": 64, "plugin_namespace": b"vosrt", "aot": 1} for n in joint)
+    assert not {"TopK", "Softmax"} & {n.op_type for n in nodes}
+    for graph in ("query_encoder", "reference_encoder", "decoder"):  # no top-K filter over the cache there
+        assert not [n for n in onnx.load(str(custom / f"{graph}.onnx")).graph.node if n.domain == "vosrt"]
+
+
+def test_jointformer_custom_op_graph_matches_the_standard_ops_on_onnxruntime(jointformer_export, jointformer_shapes):
+    """A cache of 3 slots, the last one empty (padded tokens), 2 objects, at another size than the export's."""
+    spec = jointformer_graphs.SPECS["joint_propagation"]
+    inputs = jointformer_graphs.example_inputs(jointformer_shapes, "joint_propagation", (96, 128), 2, 3)
+    feed = {name: x.numpy() for name, x in zip(spec.inputs, inputs)}
+    outputs = {}
+    for kind in ("fp32", "custom"):
+        directory = jointformer_export(kind)
+        custom_ops = json.loads((directory / "manifest.json").read_text())["custom_ops"]
+        outputs[kind] = create_session(directory / "joint_propagation.onnx", ["CPUExecutionProvider"],
+                                       custom_ops).run(None, feed)[0]
+    assert outputs["custom"].shape == (2, 48, 768)
+    error = np.abs(outputs["custom"] - outputs["fp32"]).max() / np.abs(outputs["fp32"]).max()
+    print(f"joint_propagation custom op vs standard ops: max |err| / scale {error:.1e}")
+    assert error <= 1e-4
+
+
+def test_jointformer_session_over_custom_op_export_matches_standard(jointformer_export):
+    sessions = {kind: vosrt.load("jointformer", backend="onnxruntime", export_dir=jointformer_export(kind),
+                                 mem_every=1, max_mem_frames=2) for kind in ("fp32", "custom")}
+    for i in range(2):  # frame 0 is memorised; frame 1 reads its slot, the others empty
+        image, mask = (np.ascontiguousarray(a[::2, ::2]) for a in (synthetic_frame(i), synthetic_mask(0)))
+        probs = {kind: s.step(image, mask if i == 0 else None) for kind, s in sessions.items()}
+        np.testing.assert_allclose(probs["custom"], probs["fp32"], rtol=0, atol=1e-4, err_msg=f"frame {i}")
+
+
 def test_trt_plugin_registration_needs_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", None)
-    with pytest.raises(RuntimeError, match=r"needs TensorRT >= 10\.9"):
+    with pytest.raises(RuntimeError, match=r"need TensorRT >= 10\.9"):
         trt_plugin.register()
 
 
-def test_trt_plugin_scalars_are_the_kernel_strides():
-    """The AOT launch's integer arguments equal what topk_readout_triton passes for contiguous tensors."""
-    batch, ck, hw, n, v = 2, 8, 12, 50, 6
-    desc = lambda *shape: SimpleNamespace(shape_expr=shape)  # noqa: E731 (ints stand in for shape expressions)
-    sizes, strides = trt_plugin._kernel_scalars(desc(batch, ck, hw), desc(batch, ck, n), desc(batch, v, n))
-    qk, mk, ms, mv = torch.zeros(batch, ck, hw), torch.zeros(batch, ck, n), torch.zeros(batch, 1, n), torch.zeros(batch, v, n)
-    valid, out = torch.zeros(batch, n, dtype=torch.bool), torch.zeros(batch, v, hw)
-    assert sizes == [hw, n, ck, v]
-    assert strides == [*qk.stride(), *qk.stride(), *mk.stride(), ms.stride(0), ms.stride(2), *mv.stride(),
-                       *valid.stride(), *out.stride()]
+def test_every_custom_op_has_a_plugin_kernel():
+    assert set(trt_plugin.KERNELS) == set(OPS)
+
+
+class RecordedLaunch:
+    """Stands in for a jitted kernel: ``kernel[grid](*args)`` records the grid and the arguments."""
+
+    def __getitem__(self, grid):
+        def launch(*args, **constants):
+            self.grid, self.args = grid, args
+        return launch
+
+
+# (module of the Python launcher, its jit function, inputs, node attributes)
+LAUNCHERS = {
+    TOPK_READOUT.qualified_name: (topk_readout, "_jit_device_code", readout_inputs(batch=2, hw=12, n=50, v=6),
+                                  {"top_k": 7}),
+    TOPK_JOINT_ATTENTION.qualified_name: (topk_joint_attention, "_jit_kernel", joint_inputs(),
+                                          {"top_k": 5, "head_dim": 16}),
+}
+
+
+@pytest.mark.parametrize("op_name", list(LAUNCHERS))
+def test_trt_plugin_launch_passes_what_the_python_launcher_passes(op_name, monkeypatch):
+    """The AOT launch's grid and integer arguments equal those of the op's Triton launcher for
+    contiguous inputs, whose arguments come as TensorRT passes them: inputs, scalars, output."""
+    module, jit, inputs, attributes = LAUNCHERS[op_name]
+    recorded = RecordedLaunch()
+    monkeypatch.setattr(module, jit, lambda: recorded)
+    monkeypatch.setattr(module, "triton", SimpleNamespace(cdiv=lambda a, b: -(-a // b)))
+    plugin = trt_plugin.KERNELS[op_name]
+    plugin.run(*inputs, **attributes)
+    tensors = [isinstance(a, torch.Tensor) for a in recorded.args]
+    scalars = [a for a in recorded.args if not isinstance(a, torch.Tensor)]
+    assert tensors == [True] * len(plugin.op.inputs) + [False] * len(scalars) + [True]
+    grid, expected = plugin.launch(*(SimpleNamespace(shape_expr=tuple(x.shape)) for x in inputs), **attributes)
+    assert tuple(grid) == tuple(recorded.grid) and expected == scalars
+
+
+def fake_tensorrt_plugin_api():
+    """The types ``plugin_functions`` uses from ``tensorrt`` and ``tensorrt.plugin``."""
+    class TensorDesc(SimpleNamespace):
+        pass
+
+    class Tensor(SimpleNamespace):
+        pass
+
+    class SymIntExprs(list):
+        from_tuple = classmethod(lambda cls, values: cls(values))
+
+    trtp = SimpleNamespace(TensorDesc=TensorDesc, Tensor=Tensor, SymIntExprs=SymIntExprs,
+                           KernelLaunchParams=SimpleNamespace, SymInt32=lambda e: e,
+                           from_shape_expr=lambda shape, dtype: TensorDesc(shape_expr=shape, dtype=dtype))
+    return SimpleNamespace(float32="float32"), trtp
+
+
+@pytest.mark.parametrize("op_name", list(LAUNCHERS))
+def test_trt_plugin_functions_have_the_schema_tensorrt_reads(op_name, monkeypatch):
+    """register/impl/aot_impl read the functions' signatures: tensors, then int attributes, then
+    outputs and stream (JIT) or outputs and tactic (AOT); the AOT one returns the kernel and its launch."""
+    trt, trtp = fake_tensorrt_plugin_api()
+    plugin = trt_plugin.KERNELS[op_name]
+    functions = trt_plugin.plugin_functions(trt, trtp, plugin)
+    names = [*plugin.op.inputs, *plugin.op.attributes]
+    signatures = {name: inspect.signature(f) for name, f in functions.items()}
+    assert list(signatures["describe"].parameters) == names
+    assert signatures["describe"].return_annotation is trtp.TensorDesc
+    assert list(signatures["run"].parameters) == [*names, "outputs", "stream"]
+    assert list(signatures["compile_for_engine"].parameters) == [*names, "outputs", "tactic"]
+    assert signatures["compile_for_engine"].return_annotation == Tuple[bytes, bytes, SimpleNamespace, trtp.SymIntExprs]
+    annotations = [p.annotation for p in signatures["describe"].parameters.values()]
+    assert annotations == [trtp.TensorDesc] * len(plugin.op.inputs) + [int] * len(plugin.op.attributes)
+
+    _, _, inputs, attributes = LAUNCHERS[op_name]
+    descs = [trtp.TensorDesc(shape_expr=tuple(x.shape)) for x in inputs]
+    out = functions["describe"](*descs, **attributes)
+    expected = plugin.op.reference(*inputs, **attributes)
+    assert list(out.shape_expr) == list(expected.shape) and out.dtype == "float32"
+    monkeypatch.setattr(trt_plugin, "compile_ptx", lambda name, attrs: ("kernel", f"ptx of {name} {attrs}", 128, 1024))
+    name, ptx, launch, scalars = functions["compile_for_engine"](*descs, *attributes.values(), (out,), 0)
+    assert name == b"kernel" and ptx == f"ptx of {op_name} {attributes}".encode()
+    grid, expected_scalars = plugin.launch(*descs, **attributes)
+    assert (launch.grid_x, launch.grid_y, launch.block_x, launch.shared_mem) == (*grid, 128, 1024)
+    assert list(scalars) == expected_scalars
 
 
 AOT_COMPILE = """
-import json
+import json, sys
+from types import SimpleNamespace
 from triton.backends.compiler import GPUTarget
-from vosrt.kernels import topk_readout, trt_plugin
-name, ptx, threads, shared = trt_plugin.compile_ptx(30, GPUTarget("cuda", 90, 32))
-kernel = topk_readout._jit_device_code()
-constants = topk_readout.kernel_constants(30, **trt_plugin.BLOCKS)
-runtime_args = [a for a in kernel.arg_names if a not in constants]
+from vosrt.kernels import trt_plugin
+op_name, attributes, shapes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+plugin = trt_plugin.KERNELS[op_name]
+name, ptx, threads, shared = trt_plugin.compile_ptx(op_name, attributes, GPUTarget("cuda", 90, 32))
+constants = plugin.constants(**attributes)
+runtime_args = [a for a in plugin.kernel().arg_names if a not in constants]
+_, scalars = plugin.launch(*(SimpleNamespace(shape_expr=s) for s in shapes), **attributes)
 print(json.dumps(dict(name=name, threads=threads, shared=shared, entry=f".entry {name}(" in ptx,
-                      runtime_args=runtime_args)))
+                      runtime_args=runtime_args, scalars=len(scalars))))
 """
 
 
 @pytest.mark.skipif(not triton_available(), reason="needs triton")
-def test_trt_plugin_kernel_compiles_ahead_of_time_for_sm90():
-    """Triton compiles the kernel to PTX without a GPU; the AOT launch passes its arguments as
-    6 inputs, the scalars, then the output. (A fresh process: the kernel tests put triton in
-    interpreter mode in this one.)"""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", AOT_COMPILE], env=env, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("op_name, attributes, kernel_name", [
+    (TOPK_READOUT.qualified_name, {"top_k": 30}, "_topk_readout_kernel"),
+    (TOPK_JOINT_ATTENTION.qualified_name, {"top_k": 30, "head_dim": 64}, "_topk_joint_attention_kernel"),
+])
+def test_trt_plugin_kernel_compiles_ahead_of_time_for_sm90(op_name, attributes, kernel_name):
+    """Triton compiles each kernel to PTX without a GPU; the AOT launch passes its arguments as
+    the input pointers, the scalars, then the output pointer. (A fresh process: the kernel
+    tests put triton in interpreter mode in this one.)"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
+    shapes = json.dumps([list(x.shape) for x in LAUNCHERS[op_name][2]])
+    done = subprocess.run([sys.executable, "-c", AOT_COMPILE, op_name, json.dumps(attributes), shapes], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["name"] == "_topk_readout_kernel" and result["entry"]
-    assert result["threads"] == trt_plugin.NUM_WARPS * 32 and result["shared"] >= 0
-    sizes, strides = trt_plugin._kernel_scalars(*(SimpleNamespace(shape_expr=(1, 1, 1)) for _ in range(3)))
-    args = result["runtime_args"]
-    assert len(args) == 6 + len(sizes) + 1 + len(strides) + 1
-    assert args[:6] == ["qk_ptr", "qe_ptr", "mk_ptr", "ms_ptr", "mv_ptr", "valid_ptr"] and args[-1] == "out_ptr"
+    assert result["name"] == kernel_name and result["entry"]
+    assert result["threads"] == trt_plugin.NUM_WARPS * 32 and 0 <= result["shared"] <= 48 * 1024
+    inputs, args = len(OPS[op_name].inputs), result["runtime_args"]
+    assert len(args) == inputs + result["scalars"] + 1
+    assert all(a.endswith("_ptr") for a in args[:inputs]) and args[-1] == "out_ptr"
+    assert not any(a.endswith("_ptr") for a in args[inputs:-1])

@@ -133,7 +133,7 @@ def test_export_engine_cli(seeded_weights, tmp_path, capsys):
 
 
 def test_failed_export_leaves_nothing(seeded_weights, tmp_path, monkeypatch):
-    def broken(path):
+    def broken(path, policy):
         raise RuntimeError("conversion failed")
 
     monkeypatch.setattr(onnx_export, "_convert_to_fp16", broken)

@@ -22,12 +22,15 @@ Stages (the runtime owns all state between them):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from vosrt.models.cutie.model import IMAGENET_MEAN, IMAGENET_STD
 from vosrt.models.cutie.transformer import aggregate
+
+from vosrt.kernels.topk_joint_attention import topk_joint_attention
 
 from .backbone import DEPTHS, ConvViT
 from .decoder import Decoder
@@ -125,14 +128,16 @@ class JointFormer(nn.Module):
         return torch.stack(keys), torch.stack(values), self.convmae.norm(summary)
 
     def propagate(self, tokens: torch.Tensor, ref_keys: torch.Tensor, ref_values: torch.Tensor,
-                  ref_valid: torch.Tensor | None, topk: TopKConfig = TopKConfig()) -> torch.Tensor:
+                  ref_valid: torch.Tensor | None, topk: TopKConfig = TopKConfig(),
+                  attention: Callable = topk_joint_attention) -> torch.Tensor:
         """tokens ``[1, h*w, C]`` (from :meth:`encode_query`), reference cache ``[L, K, Hd, M, D]``
         (M = frames * h*w; frame after frame), ref_valid ``[K, M]`` bool or None
-        -> normalised f16 tokens ``[K, h*w, C]``."""
+        -> normalised f16 tokens ``[K, h*w, C]``. ``attention`` computes the top-K filtered blocks'
+        attention (e.g. the custom ONNX op)."""
         k, hw = ref_keys.shape[1], tokens.shape[1]
         x = tokens.expand(k, -1, -1)
         for i, block in enumerate(self.convmae.blocks3):
-            x = block.forward_joint(x, ref_keys[i], ref_values[i], ref_valid, topk.joint(i, hw))
+            x = block.forward_joint(x, ref_keys[i], ref_values[i], ref_valid, topk.joint(i, hw), attention)
         return self.convmae.norm(x)
 
     def decode(self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, summary: torch.Tensor,

@@ -18,6 +18,7 @@ head ``[B, Hd, N, D]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -113,10 +114,12 @@ class JointBlock(nn.Module):
         return new_summary, tokens, token_k, token_v
 
     def forward_joint(self, tokens: torch.Tensor, ref_k: torch.Tensor, ref_v: torch.Tensor,
-                      ref_valid: torch.Tensor | None, topk: TopK | None) -> torch.Tensor:
+                      ref_valid: torch.Tensor | None, topk: TopK | None,
+                      attention: Callable = topk_joint_attention) -> torch.Tensor:
         """Current-frame tokens ``[B, N, C]`` attend to themselves and the reference cache
         ``ref_k/ref_v`` ``[B, Hd, M, D]`` (``ref_valid`` ``[B, M]``): all of it without ``topk``,
-        else its top-K per query and head."""
+        else its top-K per query and head, computed by ``attention`` (arguments of
+        :func:`~vosrt.kernels.topk_joint_attention.topk_joint_attention`)."""
         q, k, v = self.attn.heads(self.norm1(tokens))
         if topk is None:
             mask = None
@@ -125,7 +128,7 @@ class JointBlock(nn.Module):
                 mask = mask[:, None, None, :]
             out = attend(q, torch.cat([k, ref_k], 2), torch.cat([v, ref_v], 2), mask)
         else:
-            out = topk_joint_attention(q, k, v, ref_k, ref_v, ref_valid, topk.k, topk.frame_tokens)
+            out = attention(q, k, v, ref_k, ref_v, ref_valid, topk.k, topk.frame_tokens)
         return self._finish(tokens, self.attn.merge(out))
 
     def forward_enhance(self, summary: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
