@@ -1,10 +1,12 @@
 """TensorRT engines from an ONNX export directory, one engine per graph, with a manifest.
 
 The engine directory (by default ``<onnx dir>/tensorrt``) holds ``<graph>.engine`` for each
-graph of :data:`~vosrt.export.cutie_graphs.SPECS`, ``timing.cache`` (reused by the next
-build) and ``manifest.json``, which records what the engines were built with and for: the
-TensorRT version, the GPU and its compute capability, and the optimization profile (object
-count and image size). Engines only run where they were built; :func:`check_compatible`
+graph of the model's ``SPECS`` (:data:`~vosrt.export.cutie_graphs.SPECS`,
+:data:`~vosrt.export.jointformer_graphs.SPECS`), ``timing.cache`` (reused by the next build),
+``manifest.json``, which records what the engines were built with and for: the TensorRT
+version, the GPU and its compute capability, and the optimization profile (object count,
+image size, memory size), and for JointFormer a copy of the export's initial
+compressed-memory token. Engines only run where they were built; :func:`check_compatible`
 turns a mismatch into a message that says how to rebuild.
 
 Precision comes from the ONNX types (strongly typed network): an fp16 export gives fp16
@@ -18,17 +20,18 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from vosrt.models.cutie import CONFIGS as CUTIE_CONFIGS
+from vosrt.models.jointformer import MODEL_NAME as JOINTFORMER
 from vosrt.runtime.preprocess import FrameGeometry
+from vosrt.runtime.reference_cache import ReferenceCache
 
-from .cutie_graphs import SPECS
-from .onnx_export import MANIFEST, read_manifest, sha256, staged_directory
+from .onnx_export import MANIFEST, graph_family, read_manifest, sha256, staged_directory
 
 ENGINE_FORMAT = "vosrt-tensorrt/1"
 ENGINE_DIR = "tensorrt"  # default engine directory inside an ONNX export directory
@@ -39,11 +42,13 @@ WORKSPACE_MIB = 4096  # builder scratch memory on a workstation GPU
 SMALL_WORKSPACE_MIB = 1024  # on Jetson and for DLA builds (shared, smaller memory)
 
 
-def check_supported(model_name: str) -> None:
-    """ValueError unless the builder handles ``model_name``'s graphs: Cutie's only in this version."""
-    if model_name not in CUTIE_CONFIGS:
-        raise ValueError(f"TensorRT engines of {model_name} are not supported in this version (only Cutie's graphs "
-                         "are built); export with --format onnx and run it with backend='onnxruntime'")
+def memory_capacity(model_name: str, max_mem_frames: int) -> int:
+    """Frames of ``h*w`` tokens in the memory a session with ``max_mem_frames`` reads: Cutie's
+    working memory frames; JointFormer's reference-cache slots, the ``include_last`` slot
+    counted (:meth:`~vosrt.runtime.reference_cache.ReferenceCache.slot_count`)."""
+    if model_name == JOINTFORMER:
+        return ReferenceCache.slot_count(max_mem_frames, include_last=True)
+    return max_mem_frames
 
 
 def is_jetson() -> bool:
@@ -54,8 +59,8 @@ def is_jetson() -> bool:
 @dataclass(frozen=True)
 class EngineProfile:
     """What the engines accept: 1..``max_objects`` objects per graph call, frames of
-    ``resolution`` (H, W, padded to multiples of 16 here) and up to ``max_mem_frames``
-    memory frames per bucket (None: the ONNX export's ``max_mem_frames``)."""
+    ``resolution`` (H, W, padded to multiples of 16 here) and the memory of sessions with up to
+    ``max_mem_frames`` (None: the ONNX export's ``max_mem_frames``) per bucket."""
 
     max_objects: int = DEFAULT_MAX_OBJECTS
     resolution: tuple[int, int] = DEFAULT_RESOLUTION
@@ -75,24 +80,26 @@ class EngineProfile:
         """This profile with ``max_mem_frames`` filled in from the ONNX manifest when None."""
         return replace(self, max_mem_frames=self.max_mem_frames or onnx_manifest["max_mem_frames"])
 
-    def symbols(self, objects: int, mem_frames: int) -> dict[str, int]:
-        """Values of the dynamic-axis symbols of :data:`SPECS` for a graph call."""
+    def symbols(self, objects: int, capacity: int) -> dict[str, int]:
+        """Values of the dynamic-axis symbols of both models' ``SPECS`` for a graph call with a memory of
+        ``capacity`` frames (N: Cutie's memory tokens, M: JointFormer's reference tokens)."""
         height, width = self.resolution
         h, w = height // 16, width // 16
-        return {"H": height, "W": width, "h": h, "w": w, "h8": 2 * h, "w8": 2 * w, "h4": 4 * h, "w4": 4 * w,
-                "K": objects, "N": mem_frames * h * w}
+        return {"H": height, "W": width, "h": h, "w": w, "hw": h * w, "h8": 2 * h, "w8": 2 * w, "h4": 4 * h,
+                "w4": 4 * w, "K": objects, "N": capacity * h * w, "M": capacity * h * w}
 
     def input_shapes(self, onnx_manifest: dict) -> dict[str, dict[str, dict[str, list[int]]]]:
         """``{graph: {input: {"min"|"opt"|"max": shape}}}`` from the ONNX manifest's symbolic shapes.
 
         min: one object, one memory frame; opt and max: ``max_objects`` objects and a full
-        memory. The image size is fixed, so TensorRT tunes for exactly the frames it will see.
+        memory (:func:`memory_capacity`). The image size is fixed, so TensorRT tunes for exactly
+        the frames it will see.
         """
-        mem_frames = self.for_export(onnx_manifest).max_mem_frames
-        corners = {"min": self.symbols(1, 1), "opt": self.symbols(self.max_objects, mem_frames),
-                   "max": self.symbols(self.max_objects, mem_frames)}
+        capacity = memory_capacity(onnx_manifest["model"], self.for_export(onnx_manifest).max_mem_frames)
+        corners = {"min": self.symbols(1, 1), "opt": self.symbols(self.max_objects, capacity),
+                   "max": self.symbols(self.max_objects, capacity)}
         shapes = {}
-        for graph in SPECS:
+        for graph in graph_family(onnx_manifest["model"]).SPECS:
             shapes[graph] = {
                 tensor["name"]: {corner: [values[d] if isinstance(d, str) else d for d in tensor["shape"]]
                                  for corner, values in corners.items()}
@@ -161,7 +168,8 @@ def read_engine_manifest(directory: str | Path) -> dict:
         raise FileNotFoundError(f"no TensorRT engines in {directory}; build them with "
                                 f"export-engine --from-onnx {directory}")
     manifest = json.loads((engine_dir / MANIFEST).read_text())
-    missing = [g for g in SPECS if not (engine_dir / manifest["engines"].get(g, {}).get("file", "?")).is_file()]
+    missing = [g for g in graph_family(manifest["model"]).SPECS
+               if not (engine_dir / manifest["engines"].get(g, {}).get("file", "?")).is_file()]
     if missing:
         raise FileNotFoundError(f"{engine_dir} lacks the engine(s) {', '.join(missing)}; build them again")
     return manifest
@@ -195,7 +203,6 @@ def trtexec_commands(onnx_dir: str | Path, onnx_manifest: dict, options: BuildOp
     """Shell commands that build the same engines as :func:`build_engines` with ``trtexec``: a
     ``mkdir`` of the engine directory, then one line per graph (for users who prefer trtexec;
     no vosrt manifest is written, so ``vosrt.load`` cannot run the result)."""
-    check_supported(onnx_manifest["model"])
     if onnx_manifest.get("custom_ops"):
         raise ValueError(f"{onnx_dir} uses custom ops ({', '.join(onnx_manifest['custom_ops'])}), whose TensorRT "
                          "plugin registers from Python: build its engines with export-engine --from-onnx, not trtexec")
@@ -206,7 +213,7 @@ def trtexec_commands(onnx_dir: str | Path, onnx_manifest: dict, options: BuildOp
     if options.dla_core is not None:
         precision = [f"--useDLACore={options.dla_core}", "--allowGPUFallback", "--fp16"]  # TensorRT 10 DLA recipe
     commands = [f"mkdir -p {engine_dir}"]
-    for graph in SPECS:
+    for graph in graph_family(onnx_manifest["model"]).SPECS:
         corners = [f"--{corner}Shapes=" + ",".join(f"{name}:{'x'.join(map(str, s[corner]))}"
                                                      for name, s in shapes[graph].items())
                    for corner in ("min", "opt", "max")]
@@ -249,7 +256,6 @@ def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, opt
     """
     onnx_dir = Path(onnx_dir)
     onnx_manifest = read_manifest(onnx_dir)
-    check_supported(onnx_manifest["model"])
     options = replace(options, profile=options.profile.for_export(onnx_manifest))
     if options.dla_core is not None and onnx_manifest["precision"] != "fp16":
         raise ValueError("DLA runs fp16 only: build DLA engines from an fp16 export (export-engine --fp16)")
@@ -261,7 +267,7 @@ def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, opt
     logger = trt.Logger(trt.Logger.WARNING)
     with staged_directory(output) as staging:
         engines = {}
-        for graph in SPECS:
+        for graph in graph_family(onnx_manifest["model"]).SPECS:
             progress(f"building {graph} engine ({onnx_manifest['precision']}, "
                      f"{'DLA core %d' % options.dla_core if options.dla_core is not None else 'GPU'})")
             onnx_path = onnx_dir / onnx_manifest["graphs"][graph]["file"]
@@ -271,6 +277,8 @@ def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, opt
             engines[graph] = {"file": path.name, "sha256": sha256(path),
                               "onnx_sha256": onnx_manifest["graphs"][graph]["sha256"]}
         (staging / TIMING_CACHE).write_bytes(timing_cache)
+        if "initial_summary" in onnx_manifest:  # JointFormer: the engine directory runs on its own
+            shutil.copy(onnx_dir / onnx_manifest["initial_summary"], staging / onnx_manifest["initial_summary"])
         manifest = _engine_manifest(onnx_manifest, onnx_dir, output, options, shapes, engines,
                                     TensorRTEnvironment.current(torch.cuda.current_device()))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -279,8 +287,8 @@ def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, opt
 
 def _engine_manifest(onnx_manifest: dict, onnx_dir: Path, output: Path, options: BuildOptions, shapes: dict,
                      engines: dict, environment: TensorRTEnvironment) -> dict:
-    copied = ("model", "precision", "top_k", "architecture", "checkpoint", "custom_ops")
-    return {"format": ENGINE_FORMAT, **{key: onnx_manifest.get(key) for key in copied},
+    copied = ("model", "precision", "top_k", "topk", "architecture", "checkpoint", "custom_ops", "initial_summary")
+    return {"format": ENGINE_FORMAT, **{key: onnx_manifest[key] for key in copied if key in onnx_manifest},
             "max_mem_frames": options.profile.max_mem_frames,
             "onnx_directory": os.path.relpath(onnx_dir.resolve(), output.resolve()),
             "environment": asdict(environment),
@@ -332,8 +340,8 @@ def _build_engine(trt, logger, onnx_path: Path, shapes: dict, options: BuildOpti
 
 
 def register_custom_ops(manifest: dict) -> None:
-    """Register the TensorRT plugins of the custom ops a manifest lists (``custom_ops``, the
-    ``vosrt::TopKReadout`` node), before its graphs are parsed or its engines deserialised."""
+    """Register the TensorRT plugins of vosrt's custom ops when a manifest lists some (``custom_ops``),
+    before its graphs are parsed or its engines deserialised."""
     if manifest.get("custom_ops"):
         from vosrt.kernels import trt_plugin
 

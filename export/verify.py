@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vosrt.models.cutie import Cutie
+from vosrt.models.cutie import Cutie, CutieConfig
+from vosrt.models.jointformer import MODEL_NAME as JOINTFORMER
 from vosrt.models.jointformer import JointFormer, TopKConfig
 from vosrt.runtime.onnxruntime_graphs import create_session
 
-from .cutie_graphs import SPECS, example_inputs, graph_modules
+from .cutie_graphs import graph_modules
 from .onnx_export import graph_family, read_manifest
 
 
@@ -81,10 +82,8 @@ def compare_engines_with_onnxruntime(engine_dir: str | Path, objects: tuple[int,
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.comparator import Comparator
 
-    from vosrt.models.cutie import CutieConfig
-
-    from .engine import TensorRTEnvironment, check_compatible, engine_directory, read_engine_manifest, \
-        register_custom_ops
+    from .engine import TensorRTEnvironment, check_compatible, engine_directory, memory_capacity, \
+        read_engine_manifest, register_custom_ops
 
     engine_dir = engine_directory(engine_dir)
     manifest = read_engine_manifest(engine_dir)
@@ -95,21 +94,32 @@ def compare_engines_with_onnxruntime(engine_dir: str | Path, objects: tuple[int,
     rel_tol = ENGINE_REL_TOL[manifest["precision"]] if rel_tol is None else rel_tol
     objects = objects or tuple(sorted({1, manifest["profile"]["max_objects"]}))
     size = tuple(manifest["profile"]["resolution"])
-    shapes_of = Cutie(CutieConfig(**manifest["architecture"]))  # example_inputs reads only its config
+    family = graph_family(manifest["model"])
+    shapes_of = _shape_model(manifest)
+    capacity = memory_capacity(manifest["model"], manifest["max_mem_frames"])
     checks = []
-    for name, spec in SPECS.items():
+    for name, spec in family.SPECS.items():
         session = create_session(onnx_dir / onnx_manifest["graphs"][name]["file"], ["CPUExecutionProvider"],
                                  onnx_manifest.get("custom_ops", []))
         runners = [OnnxrtRunner(session, name="onnxruntime"),
                    TrtRunner(EngineFromBytes(BytesFromPath(str(engine_dir / manifest["engines"][name]["file"]))),
                              name="tensorrt")]
         for k in objects:
-            inputs = example_inputs(shapes_of, name, size, k, manifest["max_mem_frames"])
+            inputs = family.example_inputs(shapes_of, name, size, k, capacity)
             feed = {n: x.numpy() for n, x in zip(spec.inputs, inputs)}
             results = Comparator.run(runners, data_loader=[feed])
             reference = {o: np.asarray(v, dtype=np.float32) for o, v in results[0][1][0].items()}
             checks += _check_outputs(results, reference, rel_tol, name, size, k)
     return checks
+
+
+def _shape_model(manifest: dict) -> Cutie | JointFormer:
+    """The network of a manifest's ``architecture`` on the meta device: what ``example_inputs``
+    reads (sizes only), without initialising any weights."""
+    with torch.device("meta"):
+        if manifest["model"] == JOINTFORMER:
+            return JointFormer(**manifest["architecture"])
+        return Cutie(CutieConfig(**manifest["architecture"]))
 
 
 def _check_outputs(results, reference: dict[str, np.ndarray], rel_tol: float, graph: str, size, num_objects: int

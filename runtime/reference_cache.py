@@ -64,9 +64,15 @@ class ReferenceCache:
         self.has_last_slot = include_last or max_mem_frames == 1
         self.buckets: list[ReferenceBucket] = []
 
+    @staticmethod
+    def slot_count(max_mem_frames: int, include_last: bool) -> int:
+        """Slots of every bucket's buffers: the first frame, the FIFO of ``max_mem_frames - 1``,
+        and the last-frame slot (with ``include_last``, or when ``max_mem_frames == 1``)."""
+        return max_mem_frames + int(include_last or max_mem_frames == 1)
+
     @property
     def slots(self) -> int:
-        return 1 + self.fifo_slots + int(self.has_last_slot)
+        return self.slot_count(self.fifo_slots + 1, self.has_last_slot)
 
     @property
     def engaged(self) -> bool:

@@ -1,4 +1,4 @@
-"""TensorRT backend: the four engines of an engine directory, run on torch's CUDA stream.
+"""TensorRT backend: the engines of an engine directory (Cutie's or JointFormer's), run on torch's CUDA stream.
 
 Engines are deserialised once. torch allocates all device memory: inputs are bound by
 their ``data_ptr`` and every output goes into a buffer kept per engine and reused while the
@@ -16,7 +16,7 @@ import torch
 from vosrt.export.engine import (TensorRTEnvironment, check_compatible, engine_directory, import_tensorrt,
                                  read_engine_manifest, register_custom_ops)
 
-from .exported_graphs import ExportedGraphs
+from .exported_graphs import ExportedGraphs, ExportedJointFormerGraphs
 
 _TORCH_TYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "BOOL": torch.bool,
                 "INT32": torch.int32, "INT64": torch.int64, "INT8": torch.int8, "UINT8": torch.uint8}
@@ -40,8 +40,11 @@ class _Engine:
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """Run on torch's current stream. The outputs are this engine's buffers: valid until its next call."""
         keep_alive = []  # converted inputs must outlive the enqueue, or their memory could be reused before it
+        own = {b.untyped_storage().data_ptr() for b in self.buffers.values()}
         for name, x in zip(self.inputs, inputs):
             x = x.to(self.dtypes[name]).contiguous()
+            if x.untyped_storage().data_ptr() in own:  # an output of this engine's last call fed back in
+                x = x.clone()
             self._check_shape(name, tuple(x.shape))
             if not self.context.set_input_shape(name, tuple(x.shape)):
                 raise RuntimeError(f"TensorRT refused the shape {list(x.shape)} of {self.name} input {name}")
@@ -87,7 +90,7 @@ class TensorRTGraphs(ExportedGraphs):
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError("backend='tensorrt' runs on an NVIDIA GPU: pass device='cuda'")
-        engine_dir = engine_directory(directory)
+        engine_dir = self.directory = engine_directory(directory)
         self.manifest = read_engine_manifest(engine_dir)
         trt = import_tensorrt("backend='tensorrt' needs")
         check_compatible(self.manifest, environment or TensorRTEnvironment.current(self.device), engine_dir)
@@ -105,3 +108,13 @@ class TensorRTGraphs(ExportedGraphs):
 
     def _run(self, name: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
         return self.engines[name](*inputs)
+
+
+class TensorRTJointFormerGraphs(ExportedJointFormerGraphs, TensorRTGraphs):
+    """The :class:`~vosrt.runtime.jointformer_graphs.JointFormerGraphs` stages over the engines of
+    a ``jointformer`` export (arguments as :class:`TensorRTGraphs`)."""
+
+    def __init__(self, directory: str | Path, device: torch.device | str = "cuda",
+                 environment: TensorRTEnvironment | None = None):
+        super().__init__(directory, device, environment)
+        self._load_initial_summary(self.directory / self.manifest["initial_summary"])

@@ -1,4 +1,5 @@
-"""TensorRT engines: profiles, manifest, compatibility check, trtexec lines and the export CLI.
+"""TensorRT engines: profiles, manifest, compatibility check, trtexec lines and the export CLI,
+for Cutie's and JointFormer's graphs.
 
 Everything here runs without TensorRT or a GPU. The build flow (staging, manifest, timing
 cache reuse) runs against a small stand-in for the ``tensorrt`` module that records the
@@ -15,14 +16,17 @@ import types
 import pytest
 import torch
 
+import vosrt
 from helpers import GOLDEN_CONFIG, assert_golden, davis_label_maps, mean_iou, run_golden_clip
 from vosrt.api import build_model
 from vosrt.cli import export_engine_main, main
-from vosrt.export import engine
+from vosrt.export import engine, jointformer_graphs
 from vosrt.export.cutie_graphs import SPECS
 from vosrt.export.onnx_export import export_onnx, read_manifest
+from vosrt.runtime.tensorrt_graphs import TensorRTGraphs, TensorRTJointFormerGraphs
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+JOINTFORMER_GOLDEN_CONFIG = dict(mem_every=3, max_mem_frames=2, top_k=30)  # as in test_jointformer
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +35,21 @@ def onnx_dir(seeded_weights, tmp_path_factory):
     weights = seeded_weights("cutie-small")
     return export_onnx(build_model("cutie-small", weights), "cutie-small", tmp_path_factory.mktemp("e") / "onnx",
                        checkpoint=weights, top_k=30, max_mem_frames=3, progress=lambda _: None)
+
+
+# Per model: its graphs, the graph with the memory input, that input, and its max shape in a
+# profile of 2 objects at 240x320 with the export's memory (3 frames x 15 x 20 tokens: Cutie's
+# 3 memory frames; JointFormer's max_mem_frames 2 + the last-frame slot).
+MODELS = {
+    "cutie-small": (SPECS, "memory_readout", "memory_key", [1, 64, 3 * 15 * 20]),
+    "jointformer": (jointformer_graphs.SPECS, "joint_propagation", "ref_keys", [11, 2, 12, 3 * 15 * 20, 64]),
+}
+
+
+@pytest.fixture(params=list(MODELS))
+def export(request, onnx_dir, jointformer_export):
+    """(model, its fp32 ONNX export): cutie-small (max_mem_frames 3) and jointformer (max_mem_frames 2)."""
+    return request.param, onnx_dir if request.param == "cutie-small" else jointformer_export("fp32")
 
 
 def test_profile_shapes_follow_the_manifest(onnx_dir):
@@ -44,6 +63,21 @@ def test_profile_shapes_follow_the_manifest(onnx_dir):
     assert shapes["memory_readout"]["last_mask"]["max"] == [1, 3, 480, 864]
     assert shapes["mask_decoder"]["f4"]["min"] == [1, 64, 120, 216]
     assert shapes["mask_encoder"]["masks"]["min"] == [1, 1, 480, 864]
+
+
+def test_jointformer_profile_counts_the_last_frame_slot(jointformer_export):
+    """The reference cache of max_mem_frames 4 with include_last: 5 slots of 30 x 54 tokens at 480x854."""
+    onnx = jointformer_export("fp32")
+    shapes = engine.EngineProfile(3, (480, 854), max_mem_frames=4).input_shapes(read_manifest(onnx))
+    assert {g: list(s) for g, s in shapes.items()} == {n: list(s.inputs) for n, s in jointformer_graphs.SPECS.items()}
+    tokens = 30 * 54
+    assert shapes["joint_propagation"]["ref_keys"] == {
+        "min": [11, 1, 12, tokens, 64], "opt": [11, 3, 12, 5 * tokens, 64], "max": [11, 3, 12, 5 * tokens, 64]}
+    assert shapes["joint_propagation"]["ref_valid"]["max"] == [3, 5 * tokens]
+    assert shapes["joint_propagation"]["tokens"]["min"] == [1, tokens, 768]
+    assert shapes["reference_encoder"]["masks"] == {"min": [1, 480, 864], "opt": [3, 480, 864], "max": [3, 480, 864]}
+    assert shapes["decoder"]["f8"]["max"] == [1, 384, 60, 108] and shapes["decoder"]["f4"]["max"] == [1, 256, 120, 216]
+    assert shapes["decoder"]["summary"]["opt"] == [3, 1, 768]
 
 
 @pytest.mark.parametrize("make, message", [
@@ -178,57 +212,73 @@ def fake_gpu(monkeypatch):
     return install
 
 
-def test_build_writes_engines_manifest_and_reuses_the_timing_cache(onnx_dir, tmp_path, fake_gpu, capsys):
+def test_build_writes_engines_manifest_and_reuses_the_timing_cache(export, tmp_path, fake_gpu, capsys):
+    model, onnx = export
+    specs, memory_graph, memory_input, memory_max = MODELS[model]
     trt = fake_gpu(FakeTensorRT())
     options = engine.BuildOptions(engine.EngineProfile(2, (240, 320)))
     lines = []
-    out = engine.build_engines(onnx_dir, tmp_path / "engines", options=options, progress=lines.append)
+    out = engine.build_engines(onnx, tmp_path / "engines", options=options, progress=lines.append)
+    extra = ["initial_summary.npy"] if model == "jointformer" else []  # the engine directory runs on its own
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{g}.engine" for g in SPECS] + ["manifest.json", "timing.cache"])
-    assert (out / "mask_decoder.engine").read_bytes() == b"engine of mask_decoder.onnx"
-    assert lines[0] == "building image_encoder engine (fp32, GPU)" and len(lines) == len(SPECS)
+        [f"{g}.engine" for g in specs] + ["manifest.json", "timing.cache", *extra])
+    last = list(specs)[-1]
+    assert (out / f"{last}.engine").read_bytes() == f"engine of {last}.onnx".encode()
+    assert lines[0] == f"building {list(specs)[0]} engine (fp32, GPU)" and len(lines) == len(specs)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == engine.ENGINE_FORMAT and manifest["model"] == "cutie-small"
+    assert manifest["format"] == engine.ENGINE_FORMAT and manifest["model"] == model
     assert manifest["environment"] == ENVIRONMENT
-    assert manifest["profile"] == {"max_objects": 2, "resolution": [240, 320], "max_mem_frames": 3}
-    assert manifest["input_shapes"]["memory_readout"]["memory_key"]["max"] == [1, 64, 3 * 15 * 20]
+    assert manifest["profile"] == {"max_objects": 2, "resolution": [240, 320],
+                                   "max_mem_frames": read_manifest(onnx)["max_mem_frames"]}
+    assert manifest["input_shapes"][memory_graph][memory_input]["max"] == memory_max
     assert manifest["strongly_typed"] and manifest["dla_core"] is None and manifest["top_k"] == 30
-    assert (out / manifest["onnx_directory"]).resolve() == onnx_dir.resolve()
+    assert manifest.get("topk") == read_manifest(onnx).get("topk")
+    assert (out / manifest["onnx_directory"]).resolve() == onnx.resolve()
     assert engine.read_engine_manifest(out) == manifest
     assert main(["inspect", str(out)]) == 0
-    assert "built with TensorRT 10.9.0.34 for NVIDIA H100 80GB HBM3 (compute capability 9.0)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "built with TensorRT 10.9.0.34 for NVIDIA H100 80GB HBM3 (compute capability 9.0)" in printed
+    assert ("top-K options top_k 30  topk_range all_frames" in printed) == (model == "jointformer")
     assert ("create_network", 1 << 1) in trt.calls  # STRONGLY_TYPED
     assert ("set_memory_pool_limit", "workspace", engine.WORKSPACE_MIB << 20) in trt.calls
     # Each graph's build starts from the cache the previous one left; a rebuild starts from the saved file.
     caches = [c[1] for c in trt.calls if c[0] == "create_timing_cache"]
-    assert caches == [b"+" * i for i in range(len(SPECS))]
-    assert (out / "timing.cache").read_bytes() == b"+" * len(SPECS)
+    assert caches == [b"+" * i for i in range(len(specs))]
+    assert (out / "timing.cache").read_bytes() == b"+" * len(specs)
     trt.calls.clear()
-    engine.build_engines(onnx_dir, out, options=options, progress=lambda _: None)
-    assert [c[1] for c in trt.calls if c[0] == "create_timing_cache"][0] == b"+" * len(SPECS)
+    engine.build_engines(onnx, out, options=options, progress=lambda _: None)
+    assert [c[1] for c in trt.calls if c[0] == "create_timing_cache"][0] == b"+" * len(specs)
 
 
-def test_export_engine_from_onnx_builds_with_the_cli_profile(onnx_dir, tmp_path, fake_gpu, capsys):
+@pytest.mark.parametrize("model, memory_graph, valid_input, valid_max", [
+    ("cutie-small", "memory_readout", "memory_valid", [1, 5 * 15 * 20]),
+    ("jointformer", "joint_propagation", "ref_valid", [2, 6 * 15 * 20]),  # 5 frames + the last-frame slot
+])
+def test_export_engine_from_onnx_builds_with_the_cli_profile(model, memory_graph, valid_input, valid_max, onnx_dir,
+                                                             jointformer_export, tmp_path, fake_gpu, capsys):
     fake_gpu(FakeTensorRT())
+    onnx = onnx_dir if model == "cutie-small" else jointformer_export("fp32")
     out = tmp_path / "engines"
-    assert export_engine_main(["--from-onnx", str(onnx_dir), "--output", str(out), "--max-objects", "2",
+    assert export_engine_main(["--from-onnx", str(onnx), "--output", str(out), "--max-objects", "2",
                                "--resolution", "240x320", "--max-mem-frames", "5", "--workspace", "512"]) == 0
     printed = capsys.readouterr().out
-    assert "building memory_readout engine (fp32, GPU)" in printed
+    assert f"building {memory_graph} engine (fp32, GPU)" in printed
     assert f"wrote TensorRT engines and manifest.json to {out}" in printed
     manifest = engine.read_engine_manifest(out)
     assert manifest["profile"] == {"max_objects": 2, "resolution": [240, 320], "max_mem_frames": 5}
-    assert manifest["input_shapes"]["memory_readout"]["memory_valid"]["max"] == [1, 5 * 15 * 20]
+    assert manifest["input_shapes"][memory_graph][valid_input]["max"] == valid_max
     assert manifest["max_mem_frames"] == 5 and manifest["workspace_mib"] == 512
 
 
-def test_failed_build_leaves_the_previous_engines(onnx_dir, tmp_path, fake_gpu):
+def test_failed_build_leaves_the_previous_engines(export, tmp_path, fake_gpu):
+    model, onnx = export
+    memory_graph = MODELS[model][1]
     fake_gpu(FakeTensorRT())
-    out = engine.build_engines(onnx_dir, tmp_path / "engines", progress=lambda _: None)
+    out = engine.build_engines(onnx, tmp_path / "engines", progress=lambda _: None)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    fake_gpu(FakeTensorRT(fail_on="memory_readout"))
-    with pytest.raises(RuntimeError, match="failed to build an engine from .*memory_readout.onnx"):
-        engine.build_engines(onnx_dir, out, progress=lambda _: None)
+    fake_gpu(FakeTensorRT(fail_on=memory_graph))
+    with pytest.raises(RuntimeError, match=f"failed to build an engine from .*{memory_graph}.onnx"):
+        engine.build_engines(onnx, out, progress=lambda _: None)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["engines"]  # no staging directory left
 
@@ -250,34 +300,106 @@ def test_custom_op_plugins_are_registered_when_the_manifest_lists_them(monkeypat
     assert registered == [True]
 
 
-def test_tensorrt_backend_refuses_engines_built_elsewhere(onnx_dir, tmp_path, fake_gpu):
-    from vosrt.runtime.tensorrt_graphs import TensorRTGraphs
-
+def test_tensorrt_backend_refuses_engines_built_elsewhere(export, tmp_path, fake_gpu):
+    model, onnx = export
     fake_gpu(FakeTensorRT())
-    out = engine.build_engines(onnx_dir, tmp_path / "engines", progress=lambda _: None)
+    out = engine.build_engines(onnx, tmp_path / "engines", progress=lambda _: None)
     jetson = engine.TensorRTEnvironment("10.3.0", "Orin", "8.7")
+    backend = TensorRTJointFormerGraphs if model == "jointformer" else TensorRTGraphs
     with pytest.raises(RuntimeError, match="built for TensorRT 10.9.0.34 .*rebuild them here"):
-        TensorRTGraphs(out, "cuda", environment=jetson)
+        backend(out, "cuda", environment=jetson)
 
 
-def test_engines_missing_or_incomplete_are_reported(onnx_dir, tmp_path, fake_gpu):
-    with pytest.raises(FileNotFoundError, match="no TensorRT engines in"):
-        engine.read_engine_manifest(onnx_dir)
+class FakeEngine:
+    """A deserialised engine with input ``x`` and output ``y`` of the same shape, ``[1..3, 4]``."""
+
+    num_io_tensors = 2
+
+    def get_tensor_name(self, index):
+        return ["x", "y"][index]
+
+    def get_tensor_mode(self, name):
+        return "input" if name == "x" else "output"
+
+    def get_tensor_dtype(self, name):
+        return types.SimpleNamespace(name="FLOAT")
+
+    def get_tensor_profile_shape(self, name, profile):
+        return [(1, 4), (2, 4), (3, 4)]
+
+    def create_execution_context(self):
+        engine = self
+
+        class Context:
+            shapes, addresses = {}, {}
+
+            def set_input_shape(self, name, shape):
+                self.shapes["y"] = shape
+                return True
+
+            def get_tensor_shape(self, name):
+                return self.shapes[name]
+
+            def set_tensor_address(self, name, address):
+                self.addresses[name] = address
+                return True
+
+            def execute_async_v3(self, stream):
+                engine.runs = getattr(engine, "runs", 0) + 1
+                return True
+
+        return Context()
+
+
+def test_engine_call_reuses_its_outputs_and_never_reads_them_in_place(monkeypatch):
+    """An output fed back into the same engine (a compressed-memory token decoded twice in a row)
+    is copied first: TensorRT must not read and write the same memory in one run."""
+    from vosrt.runtime.tensorrt_graphs import _Engine
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: types.SimpleNamespace(cuda_stream=0))
+    trt = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="input", OUTPUT="output"))
+    run = _Engine(trt, FakeEngine(), "decoder", torch.device("cpu"))
+    (y,) = run(torch.zeros(2, 4))
+    (again,) = run(y)
+    assert again is y and run.context.addresses["y"] == y.data_ptr()
+    assert run.context.addresses["x"] != y.data_ptr()
+    with pytest.raises(ValueError, match=r"input x has shape \[4, 4\], outside the engine's profile \[1, 4\]..\[3, 4\]"):
+        run(torch.zeros(4, 4))
+    assert run.engine.runs == 2
+
+
+def test_jointformer_engines_must_fit_the_session(jointformer_export, tmp_path, fake_gpu):
+    """vosrt.load checks the engines' top-K options, memory size and precision before loading them."""
     fake_gpu(FakeTensorRT())
-    out = engine.build_engines(onnx_dir, tmp_path / "engines", progress=lambda _: None)
-    (out / "mask_decoder.engine").unlink()
-    with pytest.raises(FileNotFoundError, match="lacks the engine.s. mask_decoder"):
+    out = engine.build_engines(jointformer_export("fp32"), tmp_path / "engines", progress=lambda _: None)
+    for options, message in ((dict(topk_block="half"), "exported with the top-K options"),
+                             (dict(max_mem_frames=3), "hold at most max_mem_frames=2"),
+                             (dict(fp16=True), "holds fp32 graphs")):
+        with pytest.raises(ValueError, match=message):
+            vosrt.load("jointformer", backend="tensorrt", device="cuda", export_dir=out, **options)
+
+
+def test_engines_missing_or_incomplete_are_reported(export, tmp_path, fake_gpu):
+    model, onnx = export
+    last = list(MODELS[model][0])[-1]
+    with pytest.raises(FileNotFoundError, match="no TensorRT engines in"):
+        engine.read_engine_manifest(onnx)
+    fake_gpu(FakeTensorRT())
+    out = engine.build_engines(onnx, tmp_path / "engines", progress=lambda _: None)
+    (out / f"{last}.engine").unlink()
+    with pytest.raises(FileNotFoundError, match=f"lacks the engine.s. {last}"):
         engine.read_engine_manifest(out)
 
 
 @pytest.mark.skipif(HAVE_TENSORRT, reason="TensorRT and a GPU are here: the engines would be built")
-def test_export_engine_from_onnx_without_tensorrt(onnx_dir, capsys):
-    assert export_engine_main(["--from-onnx", str(onnx_dir), "--max-objects", "2", "--resolution", "240x320"]) == 2
+def test_export_engine_from_onnx_without_tensorrt(export, capsys):
+    model, onnx = export
+    assert export_engine_main(["--from-onnx", str(onnx), "--max-objects", "2", "--resolution", "240x320"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vosrt export: error: building TensorRT engines needs ")
-    assert f"export-engine --from-onnx {onnx_dir}" in err and "trtexec --onnx=" in err
+    assert f"export-engine --from-onnx {onnx}" in err and err.count("trtexec --onnx=") == len(MODELS[model][0])
     assert "--maxShapes=image:1x3x240x320" in err and "Traceback" not in err
-    assert not (onnx_dir / "tensorrt").exists()
+    assert not (onnx / "tensorrt").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -296,12 +418,22 @@ def test_export_engine_argument_errors(onnx_dir, tmp_path, capsys, argv, message
     assert message in err and err.count("\n") == 1
 
 
-def test_export_engine_prints_trtexec_commands(onnx_dir, capsys):
-    assert export_engine_main(["--from-onnx", str(onnx_dir), "--trtexec", "--dla-core", "0"]) == 0
+def test_export_engine_prints_trtexec_commands(export, capsys):
+    model, onnx = export
+    assert export_engine_main(["--from-onnx", str(onnx), "--trtexec", "--dla-core", "0"]) == 0
     mkdir, *lines = capsys.readouterr().out.splitlines()
-    assert mkdir == f"mkdir -p {onnx_dir / 'tensorrt'}" and len(lines) == len(SPECS)
+    assert mkdir == f"mkdir -p {onnx / 'tensorrt'}" and len(lines) == len(MODELS[model][0])
     assert all(line.startswith("trtexec --onnx=") and "--useDLACore=0" in line for line in lines)
-    assert not (onnx_dir / "tensorrt").exists()
+    assert not (onnx / "tensorrt").exists()
+
+
+def test_jointformer_trtexec_lines_carry_the_cache_shapes(jointformer_export, capsys):
+    onnx = jointformer_export("fp32")
+    assert export_engine_main(["--from-onnx", str(onnx), "--trtexec", "--max-objects", "2",
+                               "--resolution", "240x320", "--max-mem-frames", "2"]) == 0
+    joint = next(line for line in capsys.readouterr().out.splitlines() if "joint_propagation.onnx" in line)
+    assert "--maxShapes=tokens:1x300x768,ref_keys:11x2x12x900x64,ref_values:11x2x12x900x64,ref_valid:2x900" in joint
+    assert "--minShapes=tokens:1x300x768,ref_keys:11x1x12x300x64" in joint and "--stronglyTyped" in joint
 
 
 def test_no_trtexec_commands_for_custom_op_exports(onnx_dir):
@@ -323,15 +455,11 @@ def test_export_engine_rejects_a_malformed_resolution(capsys):
     (dict(backend="tensorrt"), "backend='tensorrt' needs an NVIDIA GPU"),
 ])
 def test_gpu_options_need_cuda(options, message):
-    import vosrt
-
     with pytest.raises(ValueError, match=message):
         vosrt.load("cutie-small", weights="unused.pth", device="cpu", **options)
 
 
 def test_gpu_options_that_do_not_combine():
-    import vosrt
-
     with pytest.raises(ValueError, match="official eager AMP of backend='torch'"):
         vosrt.load("cutie-small", backend="onnxruntime", device="cuda", amp=True)
     with pytest.raises(ValueError, match="for fp16 with CUDA graphs use fp16=True"):
@@ -365,23 +493,39 @@ def engines(onnx_dir):
                                 progress=lambda _: None)
 
 
+@pytest.fixture(scope="module")
+def jointformer_engines(jointformer_export):
+    """Engines of the fp32 JointFormer export for the synthetic clip (240x320, 3 objects, max_mem_frames 2)."""
+    return engine.build_engines(jointformer_export("fp32"), progress=lambda _: None,
+                                options=engine.BuildOptions(engine.EngineProfile(3, (240, 320))))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAVE_TENSORRT, reason="needs TensorRT and an NVIDIA GPU")
-def test_engines_match_onnxruntime(engines):
+@pytest.mark.parametrize("model", list(MODELS))
+def test_engines_match_onnxruntime(model, request):
     from vosrt.export.verify import compare_engines_with_onnxruntime
 
-    checks = compare_engines_with_onnxruntime(engines)
-    assert {c.graph for c in checks} == set(SPECS)
+    directory = request.getfixturevalue("engines" if model == "cutie-small" else "jointformer_engines")
+    checks = compare_engines_with_onnxruntime(directory)
+    assert {c.graph for c in checks} == set(MODELS[model][0])
     worst = max(checks, key=lambda c: c.relative_error)
-    print(f"worst {worst.graph}/{worst.output}: rel error {worst.relative_error:.2e}")
+    print(f"{model}: worst {worst.graph}/{worst.output}: rel error {worst.relative_error:.2e}")
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAVE_TENSORRT, reason="needs TensorRT and an NVIDIA GPU")
-def test_tensorrt_backend_reproduces_official_outputs(engines, seeded_weights):
-    import vosrt
+def test_jointformer_tensorrt_backend_reproduces_official_outputs(jointformer_engines):
+    session = vosrt.load("jointformer", backend="tensorrt", device="cuda", export_dir=jointformer_engines,
+                         **JOINTFORMER_GOLDEN_CONFIG)
+    assert_golden(run_golden_clip(session, "jointformer", num_frames=20))
+    assert main(["verify", str(jointformer_engines)]) == 0
 
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_TENSORRT, reason="needs TensorRT and an NVIDIA GPU")
+def test_tensorrt_backend_reproduces_official_outputs(engines, seeded_weights):
     for cuda_graph in (False, True):
         session = vosrt.load("cutie-small", backend="tensorrt", device="cuda", export_dir=engines,
                              cuda_graph=cuda_graph, **GOLDEN_CONFIG)
@@ -405,8 +549,6 @@ def fp16_engines(seeded_weights, tmp_path_factory):
 @pytest.mark.parametrize("clip", ["judo", "bike"])
 def test_fp16_engines_match_fp32_eager_on_real_clips(fp16_engines, seeded_weights, clip):
     import numpy as np
-
-    import vosrt
 
     weights = seeded_weights("cutie-small")
     reference = davis_label_maps(vosrt.load("cutie-small", weights=weights, device="cuda"), clip)

@@ -51,20 +51,20 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     export_dir: onnxruntime: a directory written by ``export-engine --format onnx`` (None:
     the graphs are exported once into the cache); tensorrt (required): a directory written by
     ``export-engine`` (ONNX graphs with engines in ``tensorrt/``) or its engine directory.
-    fp16: torch: fp16 autocast in every stage, fp32 where the official code keeps it (CUDA);
+    fp16: torch (Cutie): fp16 autocast in every stage, fp32 where the official code keeps it (CUDA);
     onnxruntime: fp16 graphs; tensorrt: asserts the engines are fp16 (they fix the precision).
     amp (torch, CUDA): the official AMP, the whole step under autocast (eager baseline).
     cuda_graph (torch or tensorrt, CUDA): replay each stage as a CUDA graph per input shapes.
     options: :class:`InferenceConfig` fields (``mem_every``, ``max_mem_frames``, ``top_k``,
-    ``stagger_updates``, ``chunk_size``, ``max_internal_size``); for ``jointformer`` (torch or
-    onnxruntime, fp32 only in this version) the :class:`JointFormerConfig` fields (``mem_every``,
+    ``stagger_updates``, ``chunk_size``, ``max_internal_size``); for ``jointformer`` (no amp,
+    cuda_graph or torch fp16 in this version) the :class:`JointFormerConfig` fields (``mem_every``,
     ``max_mem_frames``, ``include_last``, ``top_k``, ``topk_range``, ``topk_block``,
     ``topk_clstoken``, ``max_internal_size``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if name == JOINTFORMER:
-        return _load_jointformer(weights, backend, device, export_dir, fp16 or amp or cuda_graph, options)
+        return _load_jointformer(weights, backend, device, export_dir, fp16, amp or cuda_graph, options)
     unknown = set(options) - set(InferenceConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(InferenceConfig.__dataclass_fields__)}")
@@ -88,22 +88,25 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     return CutieSession(graphs, config)
 
 
-def _load_jointformer(weights, backend: str, device: str, export_dir, gpu_options: bool,
+def _load_jointformer(weights, backend: str, device: str, export_dir, fp16: bool, amp_or_cuda_graph: bool,
                       options: dict) -> JointFormerSession:
-    """A JointFormer session: eager torch or ONNX Runtime, fp32, in this version."""
-    if backend == "tensorrt" or gpu_options:
-        raise ValueError("jointformer runs on backend='torch' or 'onnxruntime' in fp32 only in this version "
-                         "(no tensorrt, fp16, amp or cuda_graph)")
+    """A JointFormer session: eager torch (fp32), ONNX Runtime or TensorRT (fp16: fp16 graphs or engines)."""
+    if amp_or_cuda_graph or (fp16 and backend == "torch"):
+        raise ValueError("jointformer has no amp, cuda_graph or torch fp16 mode in this version; fp16=True runs "
+                         "fp16 graphs (backend='onnxruntime') or engines (backend='tensorrt')")
     unknown = set(options) - set(JointFormerConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)} for jointformer; "
                         f"valid: {sorted(JointFormerConfig.__dataclass_fields__)}")
     config = JointFormerConfig(**options)
+    _check_gpu_options(backend, torch.device(device), fp16, False, False)
     device = resolve_device(device)
     if backend == "torch":
         graphs = TorchJointFormerGraphs(build_model(JOINTFORMER, weights), device, config.topk())
+    elif backend == "onnxruntime":
+        graphs = _onnxruntime_graphs(JOINTFORMER, weights, device, export_dir, fp16, config)
     else:
-        graphs = _onnxruntime_graphs(JOINTFORMER, weights, device, export_dir, False, config)
+        graphs = _tensorrt_graphs(JOINTFORMER, device, export_dir, fp16, config)
     return JointFormerSession(graphs, config)
 
 
@@ -124,8 +127,8 @@ def _check_gpu_options(backend: str, device: torch.device, fp16: bool, amp: bool
 
 
 def _check_export(manifest: dict, name: str, config: InferenceConfig | JointFormerConfig,
-                  export_dir: str | Path) -> None:
-    """ValueError unless an export directory fits the session asked for."""
+                  export_dir: str | Path, fp16: bool) -> None:
+    """ValueError unless an export (or engine) directory fits the session asked for."""
     if manifest["model"] != name:
         raise ValueError(f"{export_dir} holds {manifest['model']}, not {name}")
     if name == JOINTFORMER and manifest["topk"] != asdict(config.topk()):
@@ -134,25 +137,27 @@ def _check_export(manifest: dict, name: str, config: InferenceConfig | JointForm
     if manifest["top_k"] != config.top_k:
         raise ValueError(f"{export_dir} was exported with top_k={manifest['top_k']}; "
                          f"pass top_k={manifest['top_k']} or export again with --top-k {config.top_k}")
+    if fp16 and manifest["precision"] != "fp16":
+        raise ValueError(f"fp16=True but {export_dir} holds {manifest['precision']} graphs")
 
 
 def _tensorrt_graphs(name, device, export_dir, fp16, config):
     from vosrt.export.engine import read_engine_manifest
-    from vosrt.runtime.tensorrt_graphs import TensorRTGraphs
+    from vosrt.runtime.tensorrt_graphs import TensorRTGraphs, TensorRTJointFormerGraphs
 
     if export_dir is None:
         raise ValueError("backend='tensorrt' needs export_dir: a directory built by export-engine for this GPU "
                          "(engines are built for an image size and object count)")
     manifest = read_engine_manifest(export_dir)
-    _check_export(manifest, name, config, export_dir)
-    if config.use_long_term:
+    _check_export(manifest, name, config, export_dir, fp16)
+    if isinstance(config, InferenceConfig) and config.use_long_term:
         raise ValueError("backend='tensorrt' engines are built for the working memory only; "
                          "use_long_term needs backend='torch' or 'onnxruntime' in this version")
     if config.max_mem_frames > manifest["max_mem_frames"]:
         raise ValueError(f"the engines in {export_dir} hold at most max_mem_frames={manifest['max_mem_frames']}; "
                          f"pass max_mem_frames <= {manifest['max_mem_frames']} or rebuild with --max-mem-frames")
-    if fp16 and manifest["precision"] != "fp16":
-        raise ValueError(f"fp16=True but the engines in {export_dir} are {manifest['precision']}")
+    if name == JOINTFORMER:
+        return TensorRTJointFormerGraphs(export_dir, device)
     return TensorRTGraphs(export_dir, device)
 
 
@@ -170,7 +175,7 @@ def _onnxruntime_graphs(name, weights, device, export_dir, fp16, config):
             export_onnx(build_model(name, path), name, export_dir, checkpoint=path, top_k=config.top_k,
                         max_mem_frames=config.max_mem_frames, fp16=fp16, topk=topk)
     manifest = read_manifest(export_dir)
-    _check_export(manifest, name, config, export_dir)
+    _check_export(manifest, name, config, export_dir, fp16)
     if name == JOINTFORMER:
         from vosrt.runtime.onnxruntime_jointformer import OnnxRuntimeJointFormerGraphs
 

@@ -139,8 +139,10 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
                         "onnx: graphs only")
     p.add_argument("--fp16", action="store_true", help="fp16 graphs (similarity, softmax and normalisations stay fp32)")
     p.add_argument("--custom-ops", action="store_true",
-                   help="export the top-k readout as one vosrt::TopKReadout node (ONNX Runtime: onnxruntime-extensions "
-                        "on the CPU; TensorRT: the Triton kernel as a plugin) instead of standard ONNX ops")
+                   help="export Cutie's top-k readout as one vosrt::TopKReadout node, JointFormer's top-K filtered "
+                        "joint attention as one vosrt::TopKJointAttention node per block (ONNX Runtime: "
+                        "onnxruntime-extensions on the CPU; TensorRT: the Triton kernels as plugins) instead of "
+                        "standard ONNX ops")
     p.add_argument("--output", help="output directory (default: ./<model>-<precision>; with --from-onnx: the engine "
                                     "directory, default DIR/tensorrt)")
     group = p.add_argument_group("TensorRT engines")
@@ -176,8 +178,6 @@ def run_export(args: argparse.Namespace) -> None:
     elif args.model is None:
         raise ValueError(f"name the model to export ({', '.join(MODELS)}) or pass --from-onnx DIR")
     else:
-        if args.format == "engine" or args.trtexec:
-            engine.check_supported(args.model)
         onnx_dir, output = _export_graphs(args), None
     if args.trtexec:
         from vosrt.export.onnx_export import read_manifest
@@ -241,15 +241,20 @@ def run_inspect(args: argparse.Namespace) -> None:
           f"max_mem_frames {manifest['max_mem_frames']}  vosrt {manifest['vosrt_version']}")
     if manifest.get("checkpoint"):
         print(f"checkpoint {manifest['checkpoint']['path']} sha256 {manifest['checkpoint']['sha256'][:16]}...")
-    if manifest.get("custom_ops"):
-        print(f"custom ops {', '.join(manifest['custom_ops'])}")
-    if manifest.get("topk"):
-        print("top-K options " + "  ".join(f"{name} {value}" for name, value in manifest["topk"].items()))
+    _print_graph_options(manifest)
     for name, graph in manifest["graphs"].items():
         print(f"\n{name} ({graph['file']})")
         for kind in ("inputs", "outputs"):
             for t in graph[kind]:
                 print(f"  {kind[:-1]:6} {t['name']:18} {t['dtype']:8} [{', '.join(map(str, t['shape']))}]")
+
+
+def _print_graph_options(manifest: dict) -> None:
+    """The custom ops and (JointFormer) top-K options of an export or engine manifest."""
+    if manifest.get("custom_ops"):
+        print(f"custom ops {', '.join(manifest['custom_ops'])}")
+    if manifest.get("topk"):
+        print("top-K options " + "  ".join(f"{name} {value}" for name, value in manifest["topk"].items()))
 
 
 def _inspect_engines(directory: str) -> None:
@@ -264,6 +269,7 @@ def _inspect_engines(directory: str) -> None:
           f"{env['compute_capability']}), workspace {manifest['workspace_mib']} MiB")
     print(f"profile: 1..{profile['max_objects']} objects, {profile['resolution'][0]}x{profile['resolution'][1]} "
           f"frames (padded), ONNX graphs in {Path(directory) / manifest['onnx_directory']}")
+    _print_graph_options(manifest)
     for name, info in manifest["engines"].items():
         print(f"  {name:16} {info['file']:24} sha256 {info['sha256'][:16]}...")
 
