@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vosrt.kernels.topk_readout import topk_readout_reference, topk_usage_reference
+from vosrt.kernels.topk_readout import topk_readout_gather, topk_usage_gather
 from vosrt.models.cutie import Cutie
 
 
@@ -92,10 +92,11 @@ class MemoryReadoutGraph(nn.Module):
     sensory ``[1, K, C, h, w]``, last_mask ``[1, K, H, W]``, obj_memory ``[1, K, Q, C + 1]``.
     Output: readout ``[1, K, C, h, w]``.
     ``readout_fn`` is the seam for the top-k attention: standard ONNX ops by default
-    (MatMul / TopK / Softmax / ScatterElements), or a custom op.
+    (:func:`~vosrt.kernels.topk_readout.topk_readout_gather`: MatMul / TopK / Softmax / Gather /
+    MatMul), or a custom op.
     """
 
-    def __init__(self, model: Cutie, top_k: int, readout_fn: Callable = topk_readout_reference):
+    def __init__(self, model: Cutie, top_k: int, readout_fn: Callable = topk_readout_gather):
         super().__init__()
         self.model = model
         self.top_k = top_k
@@ -113,7 +114,7 @@ class MemoryUsageGraph(nn.Module):
     Inputs: key/selection ``[1, Ck, h, w]``, memory_key ``[1, Ck, N]``, memory_shrinkage
     ``[1, 1, N]``, memory_valid bool ``[1, N]`` (as :class:`MemoryReadoutGraph`).
     Output: memory_usage ``[1, N]`` float32, each token's top-k attention weight summed over the
-    query pixels (:func:`~vosrt.kernels.topk_readout.topk_usage_reference`). No weights.
+    query pixels (:func:`~vosrt.kernels.topk_readout.topk_usage_gather`). No weights.
     """
 
     def __init__(self, top_k: int):
@@ -121,7 +122,7 @@ class MemoryUsageGraph(nn.Module):
         self.top_k = top_k
 
     def forward(self, key, selection, memory_key, memory_shrinkage, memory_valid):
-        return topk_usage_reference(key.flatten(2), selection.flatten(2), memory_key, memory_shrinkage, memory_valid,
+        return topk_usage_gather(key.flatten(2), selection.flatten(2), memory_key, memory_shrinkage, memory_valid,
                                     self.top_k)
 
 
@@ -170,7 +171,7 @@ def example_inputs(model: Cutie, name: str, size: tuple[int, int], num_objects: 
     raise KeyError(name)
 
 
-def graph_modules(model: Cutie, top_k: int, readout_fn: Callable = topk_readout_reference) -> dict[str, nn.Module]:
+def graph_modules(model: Cutie, top_k: int, readout_fn: Callable = topk_readout_gather) -> dict[str, nn.Module]:
     """The graphs over one shared ``model``, in eval mode (an exporter restores the
     wrappers' mode afterwards, which would otherwise switch BatchNorm to training)."""
     graphs = {"image_encoder": ImageEncoderGraph(model), "mask_encoder": MaskEncoderGraph(model),

@@ -24,7 +24,7 @@ import torch
 
 import vosrt
 from vosrt.kernels.custom_op import DOMAIN, OPS, topk_joint_attention_op, topk_readout_op
-from vosrt.kernels.topk_readout import topk_readout_reference
+from vosrt.kernels.topk_readout import topk_readout_gather
 from vosrt.models.cutie import CONFIGS, Cutie
 from vosrt.models.jointformer import MODEL_NAME as JOINTFORMER
 from vosrt.models.jointformer import JointFormer, TopKConfig
@@ -110,7 +110,7 @@ def _graph_modules(model: Cutie | JointFormer, top_k: int, topk: TopKConfig, cus
     """The graphs to export, with the custom-op or the standard-op top-K."""
     if isinstance(model, JointFormer):
         return jointformer_graphs.graph_modules(model, topk, topk_joint_attention_op if custom_ops else None)
-    return graph_modules(model.eval(), top_k, topk_readout_op if custom_ops else topk_readout_reference)
+    return graph_modules(model.eval(), top_k, topk_readout_op if custom_ops else topk_readout_gather)
 
 
 def _finish_graph(path: Path, fp16_policy: Fp16Policy | None) -> tuple[dict, set[str]]:

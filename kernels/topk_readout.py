@@ -24,6 +24,10 @@ Shapes (all functions share the signature):
 When a batch item has fewer valid slots than ``top_k`` all its valid slots are kept;
 when it has none its readout is zero.
 
+Three implementations: :func:`topk_readout_reference` (the official formulation, dense
+affinity; eager torch on the CPU), :func:`topk_readout_gather` (the same result in the ops
+the exported ONNX graphs use) and :func:`topk_readout_triton` (the fused kernel).
+
 Triton is optional and imported only when the kernel first runs: the module imports
 without it, and :func:`topk_readout` then uses the reference. Triton chooses between
 compiling and interpreting when it decorates functions (its own included), so to run
@@ -101,12 +105,12 @@ def anisotropic_similarity(
     return (-a_sq + two_ab - b_sq) * scale
 
 
-def _masked_softmax(values: torch.Tensor) -> torch.Tensor:
-    """Softmax over dim 1 in which -inf entries get weight 0, and all -inf columns give 0."""
-    top = values.amax(dim=1, keepdim=True)
+def _masked_softmax(values: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Softmax over ``dim`` in which -inf entries get weight 0, and all -inf lines give 0."""
+    top = values.amax(dim=dim, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     e = torch.exp(values - top)
-    return e / e.sum(dim=1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+    return e / e.sum(dim=dim, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
 
 
 def topk_readout_reference(
@@ -163,6 +167,83 @@ def _topk_affinity(query_key: torch.Tensor, query_selection: torch.Tensor, memor
     sim = sim.masked_fill(~valid[:, :, None], float("-inf"))
     values, indices = torch.topk(sim, k=min(top_k, sim.shape[1]), dim=1)
     return torch.zeros_like(sim).scatter_(1, indices, _masked_softmax(values))
+
+
+# --------------------------------------------------------------------------- graph formulation
+# What the exported graphs compute: the reference's result, in the ops that ONNX Runtime and
+# TensorRT run fast. The similarity is one matmul, query-major ``[B, HW, N]`` so that TopK and
+# Softmax reduce the contiguous last axis, and the kept values are gathered instead of
+# multiplying a dense ``[N, HW]`` affinity (V * N * HW multiply-adds) with the values.
+
+
+def topk_readout_gather(
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor,
+    memory_key: torch.Tensor,
+    memory_shrinkage: torch.Tensor,
+    memory_value: torch.Tensor,
+    valid: torch.Tensor,
+    top_k: int,
+) -> torch.Tensor:
+    """:func:`topk_readout_reference` computed as the exported graphs do: ``[B, V, HW]`` float32
+    (shapes in the module docstring). The values are read slot-major (one contiguous row of V
+    per slot): a Gather of each query's ``top_k`` kept rows, then a batched matmul with their
+    softmax weights."""
+    _check_inputs(query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid, top_k)
+    with torch.autocast(query_key.device.type, enabled=False):
+        weights, index = _top_weights(query_key, query_selection, memory_key, memory_shrinkage, valid, top_k)
+        batch, values, slots = memory_value.shape
+        hw, kept = index.shape[1:]
+        slot_rows = memory_value.float().transpose(1, 2).reshape(batch * slots, values)
+        picked = slot_rows.index_select(0, _flat_slots(index, slots)).view(batch * hw, kept, values)
+        return (weights.reshape(batch * hw, 1, kept) @ picked).view(batch, hw, values).transpose(1, 2)
+
+
+def topk_usage_gather(
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor,
+    memory_key: torch.Tensor,
+    memory_shrinkage: torch.Tensor,
+    valid: torch.Tensor,
+    top_k: int,
+) -> torch.Tensor:
+    """:func:`topk_usage_reference` computed as the exported graphs do: ``[B, N]`` float32, the
+    kept softmax weights added into their slots (ScatterElements with ``add``)."""
+    _check_inputs(query_key, query_selection, memory_key, memory_shrinkage, None, valid, top_k)
+    with torch.autocast(query_key.device.type, enabled=False):
+        weights, index = _top_weights(query_key, query_selection, memory_key, memory_shrinkage, valid, top_k)
+        batch, slots = valid.shape
+        usage = torch.zeros(batch * slots, device=weights.device, dtype=torch.float32)
+        return usage.scatter_add(0, _flat_slots(index, slots), weights.flatten()).view(batch, slots)
+
+
+def _query_major_similarity(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,
+                            memory_shrinkage: torch.Tensor) -> torch.Tensor:
+    """:func:`anisotropic_similarity` transposed, ``[B, HW, N]`` fp32, as one matmul over ``2 Ck + 1``
+    channels: ``[2 qk qe, -qe, -sum_c qe qk^2]`` against ``[mk, mk^2, 1] * ms / sqrt(Ck)``."""
+    qk, qe, mk = query_key.float(), query_selection.float(), memory_key.float()
+    scale = memory_shrinkage.float() / math.sqrt(mk.shape[1])
+    memory = torch.cat([mk * scale, mk.square() * scale, scale], dim=1)
+    query = torch.cat([2 * qk * qe, -qe, -(qe * qk.square()).sum(1, keepdim=True)], dim=1)
+    return query.transpose(1, 2) @ memory
+
+
+def _top_weights(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,
+                 memory_shrinkage: torch.Tensor, valid: torch.Tensor, top_k: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's ``top_k`` valid slots and their softmax weights, both ``[B, HW, k]``
+    (k = min(top_k, N); surplus picks of padded slots get weight 0). Padded slots are masked by
+    adding -inf, a broadcast Add, which ONNX Runtime runs faster than a Where."""
+    padding = torch.zeros_like(memory_shrinkage, dtype=torch.float32).masked_fill(~valid[:, None, :], float("-inf"))
+    sim = _query_major_similarity(query_key, query_selection, memory_key, memory_shrinkage) + padding
+    scores, index = torch.topk(sim, k=min(top_k, sim.shape[2]), dim=2)
+    return _masked_softmax(scores, dim=2), index
+
+
+def _flat_slots(index: torch.Tensor, slots: int) -> torch.Tensor:
+    """Slot indices ``[B, HW, k]`` -> positions in the batch-major ``B * N`` slots, flattened."""
+    offsets = torch.arange(index.shape[0], device=index.device).view(-1, 1, 1) * slots
+    return (index + offsets).flatten()
 
 
 def _check_inputs(

@@ -155,6 +155,28 @@ def test_triton_ties_go_to_the_lower_slot():
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_graph_formulation_matches_reference(name, dtype):
+    """What the exported graphs compute (query-major similarity, gathered values) = the reference."""
+    case = CASES[name]
+    inputs = case_inputs(case, dtype)
+    assert_top_k_unambiguous(inputs, case.top_k)
+    expected = tr.topk_readout_reference(*inputs, case.top_k)
+    got = tr.topk_readout_gather(*inputs, case.top_k)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-5
+    key_inputs = (*inputs[:4], inputs[5])
+    usage = tr.topk_usage_gather(*key_inputs, case.top_k)
+    torch.testing.assert_close(usage, tr.topk_usage_reference(*key_inputs, case.top_k), rtol=0, atol=1e-5)
+
+
+def test_graph_formulation_reads_zero_without_valid_slots():
+    inputs = make_inputs(12, 2, 8, 10, 40, 6, valid_counts=(40, 0))
+    assert tr.topk_readout_gather(*inputs, 30)[1].abs().max() == 0
+    assert tr.topk_usage_gather(*inputs[:4], inputs[5], 30)[1].abs().max() == 0
+
+
 def test_reference_matches_dense_softmax():
     inputs = make_inputs(7, 3, 4, 6, 9, 5, valid_counts=(9, 3, 0))
     assert_top_k_unambiguous(inputs, 4)
