@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vosrt.kernels.topk_readout import topk_readout_gather, topk_usage_gather
+from vosrt.kernels.topk_readout import topk_readout_gather, topk_usage_scatter
 from vosrt.models.cutie import Cutie
 
 
@@ -114,7 +114,7 @@ class MemoryUsageGraph(nn.Module):
     Inputs: key/selection ``[1, Ck, h, w]``, memory_key ``[1, Ck, N]``, memory_shrinkage
     ``[1, 1, N]``, memory_valid bool ``[1, N]`` (as :class:`MemoryReadoutGraph`).
     Output: memory_usage ``[1, N]`` float32, each token's top-k attention weight summed over the
-    query pixels (:func:`~vosrt.kernels.topk_readout.topk_usage_gather`). No weights.
+    query pixels (:func:`~vosrt.kernels.topk_readout.topk_usage_scatter`). No weights.
     """
 
     def __init__(self, top_k: int):
@@ -122,7 +122,7 @@ class MemoryUsageGraph(nn.Module):
         self.top_k = top_k
 
     def forward(self, key, selection, memory_key, memory_shrinkage, memory_valid):
-        return topk_usage_gather(key.flatten(2), selection.flatten(2), memory_key, memory_shrinkage, memory_valid,
+        return topk_usage_scatter(key.flatten(2), selection.flatten(2), memory_key, memory_shrinkage, memory_valid,
                                     self.top_k)
 
 

@@ -195,11 +195,12 @@ def topk_readout_gather(
         batch, values, slots = memory_value.shape
         hw, kept = index.shape[1:]
         slot_rows = memory_value.float().transpose(1, 2).reshape(batch * slots, values)
-        picked = slot_rows.index_select(0, _flat_slots(index, slots)).view(batch * hw, kept, values)
+        first_row = torch.arange(batch, device=index.device).view(-1, 1, 1) * slots
+        picked = slot_rows.index_select(0, (index + first_row).flatten()).view(batch * hw, kept, values)
         return (weights.reshape(batch * hw, 1, kept) @ picked).view(batch, hw, values).transpose(1, 2)
 
 
-def topk_usage_gather(
+def topk_usage_scatter(
     query_key: torch.Tensor,
     query_selection: torch.Tensor,
     memory_key: torch.Tensor,
@@ -207,14 +208,14 @@ def topk_usage_gather(
     valid: torch.Tensor,
     top_k: int,
 ) -> torch.Tensor:
-    """:func:`topk_usage_reference` computed as the exported graphs do: ``[B, N]`` float32, the
-    kept softmax weights added into their slots (ScatterElements with ``add``)."""
+    """:func:`topk_usage_reference` computed as the exported graphs do: ``[B, N]`` float32. The kept
+    weights are scattered into a query-major ``[B, HW, N]`` affinity (a query's slots are distinct,
+    so ScatterElements needs no reduction, which TensorRT runs natively) and summed over queries."""
     _check_inputs(query_key, query_selection, memory_key, memory_shrinkage, None, valid, top_k)
     with torch.autocast(query_key.device.type, enabled=False):
         weights, index = _top_weights(query_key, query_selection, memory_key, memory_shrinkage, valid, top_k)
-        batch, slots = valid.shape
-        usage = torch.zeros(batch * slots, device=weights.device, dtype=torch.float32)
-        return usage.scatter_add(0, _flat_slots(index, slots), weights.flatten()).view(batch, slots)
+        affinity = torch.zeros(*index.shape[:2], valid.shape[1], device=weights.device, dtype=torch.float32)
+        return affinity.scatter(2, index, weights).sum(1)
 
 
 def _query_major_similarity(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,
@@ -238,12 +239,6 @@ def _top_weights(query_key: torch.Tensor, query_selection: torch.Tensor, memory_
     sim = _query_major_similarity(query_key, query_selection, memory_key, memory_shrinkage) + padding
     scores, index = torch.topk(sim, k=min(top_k, sim.shape[2]), dim=2)
     return _masked_softmax(scores, dim=2), index
-
-
-def _flat_slots(index: torch.Tensor, slots: int) -> torch.Tensor:
-    """Slot indices ``[B, HW, k]`` -> positions in the batch-major ``B * N`` slots, flattened."""
-    offsets = torch.arange(index.shape[0], device=index.device).view(-1, 1, 1) * slots
-    return (index + offsets).flatten()
 
 
 def _check_inputs(

@@ -167,14 +167,14 @@ def test_graph_formulation_matches_reference(name, dtype):
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert (got - expected).abs().max().item() <= 1e-5
     key_inputs = (*inputs[:4], inputs[5])
-    usage = tr.topk_usage_gather(*key_inputs, case.top_k)
+    usage = tr.topk_usage_scatter(*key_inputs, case.top_k)
     torch.testing.assert_close(usage, tr.topk_usage_reference(*key_inputs, case.top_k), rtol=0, atol=1e-5)
 
 
 def test_graph_formulation_reads_zero_without_valid_slots():
     inputs = make_inputs(12, 2, 8, 10, 40, 6, valid_counts=(40, 0))
     assert tr.topk_readout_gather(*inputs, 30)[1].abs().max() == 0
-    assert tr.topk_usage_gather(*inputs[:4], inputs[5], 30)[1].abs().max() == 0
+    assert tr.topk_usage_scatter(*inputs[:4], inputs[5], 30)[1].abs().max() == 0
 
 
 def test_reference_matches_dense_softmax():
