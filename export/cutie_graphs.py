@@ -114,16 +114,18 @@ class MemoryUsageGraph(nn.Module):
     Inputs: key/selection ``[1, Ck, h, w]``, memory_key ``[1, Ck, N]``, memory_shrinkage
     ``[1, 1, N]``, memory_valid bool ``[1, N]`` (as :class:`MemoryReadoutGraph`).
     Output: memory_usage ``[1, N]`` float32, each token's top-k attention weight summed over the
-    query pixels (:func:`~vosrt.kernels.topk_readout.topk_usage_scatter`). No weights.
+    query pixels, computed by ``usage_fn`` (default
+    :func:`~vosrt.kernels.topk_readout.topk_usage_scatter`). No weights.
     """
 
-    def __init__(self, top_k: int):
+    def __init__(self, top_k: int, usage_fn: Callable = topk_usage_scatter):
         super().__init__()
         self.top_k = top_k
+        self.usage_fn = usage_fn
 
     def forward(self, key, selection, memory_key, memory_shrinkage, memory_valid):
-        return topk_usage_scatter(key.flatten(2), selection.flatten(2), memory_key, memory_shrinkage, memory_valid,
-                                    self.top_k)
+        return self.usage_fn(key.flatten(2), selection.flatten(2), memory_key, memory_shrinkage, memory_valid,
+                             self.top_k)
 
 
 class MaskDecoderGraph(nn.Module):
@@ -171,10 +173,12 @@ def example_inputs(model: Cutie, name: str, size: tuple[int, int], num_objects: 
     raise KeyError(name)
 
 
-def graph_modules(model: Cutie, top_k: int, readout_fn: Callable = topk_readout_gather) -> dict[str, nn.Module]:
+def graph_modules(model: Cutie, top_k: int, readout_fn: Callable = topk_readout_gather,
+                  usage_fn: Callable = topk_usage_scatter) -> dict[str, nn.Module]:
     """The graphs over one shared ``model``, in eval mode (an exporter restores the
-    wrappers' mode afterwards, which would otherwise switch BatchNorm to training)."""
+    wrappers' mode afterwards, which would otherwise switch BatchNorm to training).
+    ``readout_fn``/``usage_fn``: the top-k formulations (defaults: the ones exported)."""
     graphs = {"image_encoder": ImageEncoderGraph(model), "mask_encoder": MaskEncoderGraph(model),
-              "memory_readout": MemoryReadoutGraph(model, top_k, readout_fn), "memory_usage": MemoryUsageGraph(top_k),
-              "mask_decoder": MaskDecoderGraph(model)}
+              "memory_readout": MemoryReadoutGraph(model, top_k, readout_fn),
+              "memory_usage": MemoryUsageGraph(top_k, usage_fn), "mask_decoder": MaskDecoderGraph(model)}
     return {name: graph.eval() for name, graph in graphs.items()}

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vosrt.kernels.topk_readout import topk_readout_reference, topk_usage_reference
 from vosrt.models.cutie import Cutie, CutieConfig
 from vosrt.models.jointformer import MODEL_NAME as JOINTFORMER
 from vosrt.models.jointformer import JointFormer, TopKConfig
@@ -45,7 +46,8 @@ def compare_with_eager(export_dir: str | Path, model: Cutie | JointFormer, sizes
     if "topk" in manifest:  # JointFormer
         modules = family.graph_modules(model.eval(), TopKConfig(**manifest["topk"]))
     else:
-        modules = graph_modules(model.eval(), manifest["top_k"])
+        # Against the official formulation of the top-k readout and usage, not the exported one.
+        modules = graph_modules(model.eval(), manifest["top_k"], topk_readout_reference, topk_usage_reference)
     checks = []
     for name in graphs or tuple(family.SPECS):
         spec = family.SPECS[name]
