@@ -18,6 +18,7 @@ from vosrt.export.verify import compare_with_eager
 from vosrt.kernels.topk_joint_attention import topk_joint_attention_reference
 from vosrt.models.jointformer import JointFormer, TopKConfig
 from vosrt.models.jointformer.vit import JointBlock, TopK
+from vosrt.runtime.amp import JointFormerAmpSession
 from vosrt.runtime.jointformer_graphs import TorchJointFormerGraphs
 from vosrt.runtime.jointformer_session import JointFormerConfig, JointFormerSession
 from vosrt.runtime.reference_cache import ReferenceCache
@@ -192,9 +193,11 @@ def test_options_are_checked_before_loading():
         vosrt.load(JOINTFORMER, "unused.pth", stagger_updates=5)
     with pytest.raises(ValueError, match="backend='tensorrt' needs an NVIDIA GPU"):
         vosrt.load(JOINTFORMER, "unused.pth", backend="tensorrt")
-    for gpu_mode in (dict(amp=True), dict(cuda_graph=True), dict(fp16=True)):  # fp16 on torch
-        with pytest.raises(ValueError, match="no amp, cuda_graph or torch fp16 mode"):
+    for gpu_mode in (dict(cuda_graph=True), dict(fp16=True)):  # fp16 on torch
+        with pytest.raises(ValueError, match="no cuda_graph or torch fp16 mode"):
             vosrt.load(JOINTFORMER, "unused.pth", device="cuda", **gpu_mode)
+    with pytest.raises(ValueError, match="amp=True needs an NVIDIA GPU"):
+        vosrt.load(JOINTFORMER, "unused.pth", amp=True)
     with pytest.raises(ValueError, match="topk_range"):
         vosrt.load(JOINTFORMER, "unused.pth", topk_range="some_frames")
 
@@ -225,6 +228,26 @@ def test_session_tracks_adds_and_removes_objects(model):
     session.step(frames[0], labels)
     prob = session.step(frames[1])
     assert prob.shape == (3, 40, 56) and np.allclose(prob.sum(0), 1, atol=1e-5)
+
+
+def test_official_amp_runs_every_step_under_autocast(model):
+    """``amp=True`` (CUDA in vosrt.load; CPU autocast here): the reference cache fills with the fp16
+    keys/values computed under autocast, objects join and leave, and the output stays near fp32."""
+    config = JointFormerConfig(mem_every=2, max_mem_frames=2)
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(4)]
+    labels = np.zeros((40, 56), np.int64)
+    labels[5:20, 5:25], labels[22:35, 30:50] = 1, 2
+    added = np.zeros_like(labels)
+    added[30:38, 2:12] = 7
+    probs = {}
+    for session_type in (JointFormerSession, JointFormerAmpSession):
+        session = session_type(TorchJointFormerGraphs(model, "cpu", config.topk()), config)
+        probs[session_type] = [session.step(frames[0], labels), session.step(frames[1]),
+                               session.step(frames[2], added, objects=[7]), session.step(frames[3])]
+    assert session.object_ids == [1, 2, 7] and session._cache.buckets[0].keys.dtype == torch.float16
+    for fp32, amp in zip(probs[JointFormerSession], probs[JointFormerAmpSession]):
+        assert amp.dtype == np.float32 and np.abs(amp - fp32).max() <= 2e-2  # 2.7e-3 measured
 
 
 @pytest.fixture(scope="module")

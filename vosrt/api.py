@@ -54,9 +54,9 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     fp16: torch (Cutie): fp16 autocast in every stage, fp32 where the official code keeps it (CUDA);
     onnxruntime: fp16 graphs; tensorrt: asserts the engines are fp16 (they fix the precision).
     amp (torch, CUDA): the official AMP, the whole step under autocast (eager baseline).
-    cuda_graph (torch or tensorrt, CUDA): replay each stage as a CUDA graph per input shapes.
+    cuda_graph (torch or tensorrt, CUDA; Cutie): replay each stage as a CUDA graph per input shapes.
     options: :class:`InferenceConfig` fields (``mem_every``, ``max_mem_frames``, ``top_k``,
-    ``stagger_updates``, ``chunk_size``, ``max_internal_size``); for ``jointformer`` (no amp,
+    ``stagger_updates``, ``chunk_size``, ``max_internal_size``); for ``jointformer`` (no
     cuda_graph or torch fp16 in this version) the :class:`JointFormerConfig` fields (``mem_every``,
     ``max_mem_frames``, ``include_last``, ``top_k``, ``topk_range``, ``topk_block``,
     ``topk_clstoken``, ``max_internal_size``).
@@ -64,7 +64,7 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if name == JOINTFORMER:
-        return _load_jointformer(weights, backend, device, export_dir, fp16, amp or cuda_graph, options)
+        return _load_jointformer(weights, backend, device, export_dir, fp16, amp, cuda_graph, options)
     unknown = set(options) - set(InferenceConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(InferenceConfig.__dataclass_fields__)}")
@@ -88,18 +88,19 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     return CutieSession(graphs, config)
 
 
-def _load_jointformer(weights, backend: str, device: str, export_dir, fp16: bool, amp_or_cuda_graph: bool,
+def _load_jointformer(weights, backend: str, device: str, export_dir, fp16: bool, amp: bool, cuda_graph: bool,
                       options: dict) -> JointFormerSession:
-    """A JointFormer session: eager torch (fp32), ONNX Runtime or TensorRT (fp16: fp16 graphs or engines)."""
-    if amp_or_cuda_graph or (fp16 and backend == "torch"):
-        raise ValueError("jointformer has no amp, cuda_graph or torch fp16 mode in this version; fp16=True runs "
-                         "fp16 graphs (backend='onnxruntime') or engines (backend='tensorrt')")
+    """A JointFormer session: eager torch (fp32, or the official AMP), ONNX Runtime or TensorRT
+    (fp16: fp16 graphs or engines)."""
+    if cuda_graph or (fp16 and backend == "torch"):
+        raise ValueError("jointformer has no cuda_graph or torch fp16 mode in this version; fp16=True runs fp16 "
+                         "graphs (backend='onnxruntime') or engines (backend='tensorrt'), amp=True the official AMP")
     unknown = set(options) - set(JointFormerConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)} for jointformer; "
                         f"valid: {sorted(JointFormerConfig.__dataclass_fields__)}")
     config = JointFormerConfig(**options)
-    _check_gpu_options(backend, torch.device(device), fp16, False, False)
+    _check_gpu_options(backend, torch.device(device), fp16, amp, False)
     device = resolve_device(device)
     if backend == "torch":
         graphs = TorchJointFormerGraphs(build_model(JOINTFORMER, weights), device, config.topk())
@@ -107,6 +108,10 @@ def _load_jointformer(weights, backend: str, device: str, export_dir, fp16: bool
         graphs = _onnxruntime_graphs(JOINTFORMER, weights, device, export_dir, fp16, config)
     else:
         graphs = _tensorrt_graphs(JOINTFORMER, device, export_dir, fp16, config)
+    if amp:
+        from vosrt.runtime.amp import JointFormerAmpSession
+
+        return JointFormerAmpSession(graphs, config)
     return JointFormerSession(graphs, config)
 
 
