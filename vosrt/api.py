@@ -54,10 +54,10 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     fp16: torch (Cutie): fp16 autocast in every stage, fp32 where the official code keeps it (CUDA);
     onnxruntime: fp16 graphs; tensorrt: asserts the engines are fp16 (they fix the precision).
     amp (torch, CUDA): the official AMP, the whole step under autocast (eager baseline).
-    cuda_graph (torch or tensorrt, CUDA; Cutie): replay each stage as a CUDA graph per input shapes.
+    cuda_graph (torch or tensorrt, CUDA): replay each stage as a CUDA graph per input shapes.
     options: :class:`InferenceConfig` fields (``mem_every``, ``max_mem_frames``, ``top_k``,
     ``stagger_updates``, ``chunk_size``, ``max_internal_size``); for ``jointformer`` (no
-    cuda_graph or torch fp16 in this version) the :class:`JointFormerConfig` fields (``mem_every``,
+    torch fp16 in this version) the :class:`JointFormerConfig` fields (``mem_every``,
     ``max_mem_frames``, ``include_last``, ``top_k``, ``topk_range``, ``topk_block``,
     ``topk_clstoken``, ``max_internal_size``).
     """
@@ -78,9 +78,9 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     else:
         graphs = _tensorrt_graphs(name, device, export_dir, fp16, config)
     if cuda_graph:
-        from vosrt.runtime.cuda_graphs import CudaGraphs
+        from vosrt.runtime.cuda_graphs import CUTIE_MEMORY_INPUTS, CudaGraphs
 
-        graphs = CudaGraphs(graphs)
+        graphs = CudaGraphs(graphs, CUTIE_MEMORY_INPUTS)
     if amp:
         from vosrt.runtime.amp import AmpSession
 
@@ -91,16 +91,16 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
 def _load_jointformer(weights, backend: str, device: str, export_dir, fp16: bool, amp: bool, cuda_graph: bool,
                       options: dict) -> JointFormerSession:
     """A JointFormer session: eager torch (fp32, or the official AMP), ONNX Runtime or TensorRT
-    (fp16: fp16 graphs or engines)."""
-    if cuda_graph or (fp16 and backend == "torch"):
-        raise ValueError("jointformer has no cuda_graph or torch fp16 mode in this version; fp16=True runs fp16 "
-                         "graphs (backend='onnxruntime') or engines (backend='tensorrt'), amp=True the official AMP")
+    (fp16: fp16 graphs or engines); CUDA-graph replay on torch or TensorRT."""
+    if fp16 and backend == "torch":
+        raise ValueError("jointformer has no torch fp16 mode in this version; fp16=True runs fp16 graphs "
+                         "(backend='onnxruntime') or engines (backend='tensorrt'), amp=True the official AMP")
     unknown = set(options) - set(JointFormerConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)} for jointformer; "
                         f"valid: {sorted(JointFormerConfig.__dataclass_fields__)}")
     config = JointFormerConfig(**options)
-    _check_gpu_options(backend, torch.device(device), fp16, amp, False)
+    _check_gpu_options(backend, torch.device(device), fp16, amp, cuda_graph)
     device = resolve_device(device)
     if backend == "torch":
         graphs = TorchJointFormerGraphs(build_model(JOINTFORMER, weights), device, config.topk())
@@ -108,6 +108,10 @@ def _load_jointformer(weights, backend: str, device: str, export_dir, fp16: bool
         graphs = _onnxruntime_graphs(JOINTFORMER, weights, device, export_dir, fp16, config)
     else:
         graphs = _tensorrt_graphs(JOINTFORMER, device, export_dir, fp16, config)
+    if cuda_graph:
+        from vosrt.runtime.cuda_graphs import JOINTFORMER_MEMORY_INPUTS, CudaGraphs
+
+        graphs = CudaGraphs(graphs, JOINTFORMER_MEMORY_INPUTS)
     if amp:
         from vosrt.runtime.amp import JointFormerAmpSession
 
@@ -126,7 +130,8 @@ def _check_gpu_options(backend: str, device: torch.device, fp16: bool, amp: bool
     if amp and backend != "torch":
         raise ValueError("amp=True is the official eager AMP of backend='torch'")
     if amp and cuda_graph:
-        raise ValueError("amp=True is the eager AMP baseline; for fp16 with CUDA graphs use fp16=True, cuda_graph=True")
+        raise ValueError("amp=True is the eager AMP baseline; for fp16 with CUDA graphs use fp16=True, cuda_graph=True "
+                         "(jointformer: with backend='tensorrt')")
     if cuda_graph and backend == "onnxruntime":
         raise ValueError("cuda_graph=True applies to backend='torch' or 'tensorrt'")
 
