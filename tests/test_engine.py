@@ -427,6 +427,13 @@ def test_export_engine_prints_trtexec_commands(export, capsys):
     assert not (onnx / "tensorrt").exists()
 
 
+def test_from_onnx_keeps_the_exports_memory_size(onnx_dir, capsys):
+    """Without --max-mem-frames the engines hold the export's max_mem_frames (3 here), not the default 5."""
+    assert export_engine_main(["--from-onnx", str(onnx_dir), "--trtexec"]) == 0
+    readout = next(line for line in capsys.readouterr().out.splitlines() if "memory_readout.onnx" in line)
+    assert "--maxShapes=" in readout and "memory_value:1x4x256x4860" in readout  # 4 objects, 3 x 30 x 54 tokens
+
+
 def test_jointformer_trtexec_lines_carry_the_cache_shapes(jointformer_export, capsys):
     onnx = jointformer_export("fp32")
     assert export_engine_main(["--from-onnx", str(onnx), "--trtexec", "--max-objects", "2",

@@ -159,8 +159,9 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
                        help="build for DLA core N with GPU fallback for the layers DLA cannot run (fp16 exports)")
     group.add_argument("--trtexec", action="store_true",
                        help="print the trtexec commands that build the same engines instead of building them")
-    p.add_argument("--max-mem-frames", type=int, default=InferenceConfig().max_mem_frames,
-                   help="memory capacity in frames recorded for the runtime; the engines hold up to this many")
+    p.add_argument("--max-mem-frames", type=int, default=argparse.SUPPRESS,
+                   help="memory capacity in frames recorded for the runtime; the engines hold up to this many "
+                        "(default: the model's max_mem_frames; with --from-onnx: the export's)")
     p.add_argument("--top-k", type=int, default=InferenceConfig().top_k, help="top-k of the memory readout")
     _add_inference_options(p, TOPK_OPTIONS)
     p.add_argument("--opset", type=int, default=17)
@@ -170,8 +171,8 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> None:
     from vosrt.export import engine
 
-    options = engine.BuildOptions(engine.EngineProfile(args.max_objects, args.resolution, args.max_mem_frames),
-                                  args.workspace, args.dla_core)
+    profile = engine.EngineProfile(args.max_objects, args.resolution, getattr(args, "max_mem_frames", None))
+    options = engine.BuildOptions(profile, args.workspace, args.dla_core)
     if args.from_onnx:
         _check_from_onnx(args)
         onnx_dir, output = Path(args.from_onnx), args.output
