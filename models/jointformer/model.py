@@ -27,10 +27,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from vosrt.kernels.topk_joint_attention import topk_joint_attention
 from vosrt.models.cutie.model import IMAGENET_MEAN, IMAGENET_STD
 from vosrt.models.cutie.transformer import aggregate
-
-from vosrt.kernels.topk_joint_attention import topk_joint_attention
 
 from .backbone import DEPTHS, ConvViT
 from .decoder import Decoder
