@@ -33,7 +33,7 @@ try:
 except ImportError:  # reported by main()
     triton = None
 
-from vosrt.kernels.topk_readout import topk_readout_reference, topk_readout_triton
+from vosrt.kernels.readout import topk_readout_reference, topk_readout_triton
 
 QUERY_TOKENS = 30 * 54  # 480x854 at stride 16
 KEY_CHANNELS = 64

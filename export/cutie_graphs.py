@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vosrt.kernels.topk_readout import topk_readout_gather, topk_usage_scatter
+from vosrt.kernels import topk_readout_gather, topk_usage_scatter
 from vosrt.models.cutie import Cutie
 
 
@@ -92,7 +92,7 @@ class MemoryReadoutGraph(nn.Module):
     sensory ``[1, K, C, h, w]``, last_mask ``[1, K, H, W]``, obj_memory ``[1, K, Q, C + 1]``.
     Output: readout ``[1, K, C, h, w]``.
     ``readout_fn`` is the seam for the top-k attention: standard ONNX ops by default
-    (:func:`~vosrt.kernels.topk_readout.topk_readout_gather`: MatMul / TopK / Softmax / Gather /
+    (:func:`~vosrt.kernels.readout.topk_readout_gather`: MatMul / TopK / Softmax / Gather /
     MatMul), or a custom op.
     """
 
@@ -115,7 +115,7 @@ class MemoryUsageGraph(nn.Module):
     ``[1, 1, N]``, memory_valid bool ``[1, N]`` (as :class:`MemoryReadoutGraph`).
     Output: memory_usage ``[1, N]`` float32, each token's top-k attention weight summed over the
     query pixels, computed by ``usage_fn`` (default
-    :func:`~vosrt.kernels.topk_readout.topk_usage_scatter`). No weights.
+    :func:`~vosrt.kernels.readout.topk_usage_scatter`). No weights.
     """
 
     def __init__(self, top_k: int, usage_fn: Callable = topk_usage_scatter):

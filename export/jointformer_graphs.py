@@ -54,7 +54,7 @@ def graph_modules(model: JointFormer, topk: TopKConfig, joint_attention: Callabl
                   ) -> dict[str, nn.Module]:
     """The four graphs over one shared ``model`` in eval mode. ``joint_attention``: what computes
     the top-K filtered joint blocks' attention (default: the model's standard-op formulation;
-    :func:`vosrt.kernels.custom_op.topk_joint_attention_op` exports one custom node per block)."""
+    :func:`vosrt.kernels.custom_ops.topk_joint_attention_op` exports one custom node per block)."""
     propagate = (topk,) if joint_attention is None else (topk, joint_attention)
     stages = {"query_encoder": ("encode_query", ()), "reference_encoder": ("encode_reference", (topk,)),
               "joint_propagation": ("propagate", propagate), "decoder": ("decode", (topk,))}

@@ -23,8 +23,8 @@ import onnx
 import torch
 
 import vosrt
-from vosrt.kernels.custom_op import DOMAIN, OPS, topk_joint_attention_op, topk_readout_op
-from vosrt.kernels.topk_readout import topk_readout_gather
+from vosrt.kernels.custom_ops import DOMAIN, OPS, topk_joint_attention_op, topk_readout_op
+from vosrt.kernels import topk_readout_gather
 from vosrt.models.cutie import CONFIGS, Cutie
 from vosrt.models.jointformer import MODEL_NAME as JOINTFORMER
 from vosrt.models.jointformer import JointFormer, TopKConfig
@@ -58,7 +58,7 @@ def export_onnx(model: Cutie | JointFormer, model_name: str, output: str | Path,
 
     ``custom_ops``: Cutie's top-k readout becomes one ``vosrt::TopKReadout`` node, and each
     top-K filtered joint block of JointFormer one ``vosrt::TopKJointAttention`` node (see
-    :mod:`vosrt.kernels.custom_op`), instead of standard ops; the manifest's ``custom_ops``
+    :mod:`vosrt.kernels.custom_ops`), instead of standard ops; the manifest's ``custom_ops``
     lists the custom ops the graphs hold, which a loader must register. ``fp16``: fp16
     weights and activations, with the ops of :data:`FP32_OPS` and the score paths of
     :data:`FP16_POLICIES` kept in fp32. ``topk`` (JointFormer): the top-K options (default:

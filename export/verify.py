@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vosrt.kernels.topk_readout import topk_readout_reference, topk_usage_reference
+from vosrt.kernels import topk_readout_reference, topk_usage_reference
 from vosrt.models.cutie import Cutie, CutieConfig
 from vosrt.models.jointformer import MODEL_NAME as JOINTFORMER
 from vosrt.models.jointformer import JointFormer, TopKConfig

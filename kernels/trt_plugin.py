@@ -1,4 +1,4 @@
-"""TensorRT plugins for vosrt's custom ONNX ops (:mod:`vosrt.kernels.custom_op`), backed by their Triton kernels.
+"""TensorRT plugins for vosrt's custom ONNX ops (:mod:`vosrt.kernels.custom_ops`), backed by their Triton kernels.
 
 **Unverified on hardware.** Written to TensorRT's Python plugin API (``tensorrt.plugin``,
 TensorRT >= 10.9 for the ahead-of-time implementation) but never built into an engine nor
@@ -35,8 +35,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Tuple
 
-from . import topk_joint_attention, topk_readout
-from .custom_op import TOPK_JOINT_ATTENTION, TOPK_READOUT, CustomOp
+from . import joint_attention, readout
+from .custom_ops import TOPK_JOINT_ATTENTION, TOPK_READOUT, CustomOp
 
 NUM_WARPS = 4
 # Block sizes of the engines' kernels. The readout's are topk_readout_triton's GPU defaults. The
@@ -93,13 +93,13 @@ def _joint_launch(q, k, v, ref_k, ref_v, ref_valid, *, top_k, head_dim):
 
 
 KERNELS = {plugin.op.qualified_name: plugin for plugin in (
-    PluginKernel(TOPK_READOUT, topk_readout._jit_device_code,
-                 lambda top_k: topk_readout.kernel_constants(top_k, **READOUT_BLOCKS), _readout_launch,
-                 lambda *tensors, top_k: topk_readout.topk_readout_triton(*tensors, top_k, **READOUT_BLOCKS)),
-    PluginKernel(TOPK_JOINT_ATTENTION, topk_joint_attention._jit_kernel,
-                 lambda top_k, head_dim: topk_joint_attention.kernel_constants(top_k, head_dim, **JOINT_BLOCKS),
+    PluginKernel(TOPK_READOUT, readout._jit_device_code,
+                 lambda top_k: readout.kernel_constants(top_k, **READOUT_BLOCKS), _readout_launch,
+                 lambda *tensors, top_k: readout.topk_readout_triton(*tensors, top_k, **READOUT_BLOCKS)),
+    PluginKernel(TOPK_JOINT_ATTENTION, joint_attention._jit_kernel,
+                 lambda top_k, head_dim: joint_attention.kernel_constants(top_k, head_dim, **JOINT_BLOCKS),
                  _joint_launch,
-                 lambda *tensors, top_k, head_dim: topk_joint_attention.topk_joint_attention_triton(
+                 lambda *tensors, top_k, head_dim: joint_attention.topk_joint_attention_triton(
                      *tensors, top_k, **JOINT_BLOCKS)),
 )}
 

@@ -10,7 +10,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from vosrt.kernels.topk_readout import topk_usage_reference
+from vosrt.kernels import topk_usage_reference
 from vosrt.models.cutie import Cutie
 
 

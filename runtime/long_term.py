@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vosrt.kernels.topk_readout import anisotropic_similarity
+from vosrt.kernels import anisotropic_similarity
 
 # Readout count a new token starts with (the official ``life_cnt``), so an unread token has usage 0.
 INITIAL_LIFE = 1e-7

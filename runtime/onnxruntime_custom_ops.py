@@ -4,7 +4,7 @@ onnxruntime-extensions runs Python functions as ops (``PyOp``), on the CPU only,
 its own domain (``ai.onnx.contrib``). :func:`onnxruntime_model` therefore moves the vosrt
 nodes of a graph into that domain, in memory (the file keeps ``vosrt::<op>``), and
 :func:`enable_custom_ops` registers the implementations with a session's options. Every op
-of :data:`vosrt.kernels.custom_op.OPS` runs its torch ``reference``.
+of :data:`vosrt.kernels.custom_ops.OPS` runs its torch ``reference``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import torch
 
-from vosrt.kernels.custom_op import DOMAIN, OPS, CustomOp
+from vosrt.kernels.custom_ops import DOMAIN, OPS, CustomOp
 
 
 def _extensions():

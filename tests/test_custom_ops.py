@@ -24,10 +24,10 @@ from vosrt.export import onnx_export
 from vosrt.export.cutie_graphs import SPECS, example_inputs
 from vosrt.export import jointformer_graphs
 from vosrt.export.verify import compare_with_eager
-from vosrt.kernels import topk_joint_attention, topk_readout, trt_plugin
-from vosrt.kernels.custom_op import OPS, TOPK_JOINT_ATTENTION, TOPK_READOUT, topk_joint_attention_op, topk_readout_op
-from vosrt.kernels.topk_joint_attention import topk_joint_attention_reference
-from vosrt.kernels.topk_readout import topk_readout_reference, triton_available
+from vosrt.kernels import joint_attention, readout, trt_plugin
+from vosrt.kernels.custom_ops import OPS, TOPK_JOINT_ATTENTION, TOPK_READOUT, topk_joint_attention_op, topk_readout_op
+from vosrt.kernels.joint_attention import topk_joint_attention_reference
+from vosrt.kernels.readout import topk_readout_reference, triton_available
 from vosrt.models.jointformer import JointFormer
 from vosrt.runtime.onnxruntime_graphs import OnnxRuntimeGraphs, create_session
 
@@ -206,9 +206,9 @@ class RecordedLaunch:
 
 # (module of the Python launcher, its jit function, inputs, node attributes)
 LAUNCHERS = {
-    TOPK_READOUT.qualified_name: (topk_readout, "_jit_device_code", readout_inputs(batch=2, hw=12, n=50, v=6),
+    TOPK_READOUT.qualified_name: (readout, "_jit_device_code", readout_inputs(batch=2, hw=12, n=50, v=6),
                                   {"top_k": 7}),
-    TOPK_JOINT_ATTENTION.qualified_name: (topk_joint_attention, "_jit_kernel", joint_inputs(),
+    TOPK_JOINT_ATTENTION.qualified_name: (joint_attention, "_jit_kernel", joint_inputs(),
                                           {"top_k": 5, "head_dim": 16}),
 }
 

@@ -15,7 +15,7 @@ from vosrt.api import JOINTFORMER, build_model
 from vosrt.cli import main
 from vosrt.export.onnx_export import export_onnx, read_manifest
 from vosrt.export.verify import compare_with_eager
-from vosrt.kernels.topk_joint_attention import topk_joint_attention_reference
+from vosrt.kernels.joint_attention import topk_joint_attention_reference
 from vosrt.models.jointformer import JointFormer, TopKConfig
 from vosrt.models.jointformer.vit import JointBlock, TopK
 from vosrt.runtime.amp import JointFormerAmpSession

@@ -14,7 +14,7 @@ import torch
 
 import vosrt
 from helpers import SHARED, require_shared
-from vosrt.kernels.topk_readout import topk_usage_reference
+from vosrt.kernels.readout import topk_usage_reference
 from vosrt.runtime.long_term import LongTermPolicy, consolidate
 from vosrt.runtime.memory import MemoryStore
 from vosrt.runtime.session import InferenceConfig

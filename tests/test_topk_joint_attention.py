@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from test_topk_readout import DEVICE, needs_kernel
-from vosrt.kernels.topk_joint_attention import topk_joint_attention_reference, topk_joint_attention_triton
+from vosrt.kernels.joint_attention import topk_joint_attention_reference, topk_joint_attention_triton
 
 
 def make_inputs(seed: int, batch: int, heads: int, n: int, m: int, d: int, valid_counts=None):

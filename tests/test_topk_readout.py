@@ -25,7 +25,7 @@ if DEVICE == "cpu":
 
 import pytest  # noqa: E402
 
-from vosrt.kernels import topk_readout as tr  # noqa: E402
+from vosrt.kernels import readout as tr  # noqa: E402
 
 if not tr.triton_available():
     KERNEL_SKIP_REASON = "triton is not installed"

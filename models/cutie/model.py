@@ -14,7 +14,7 @@ from torch import nn
 
 from .blocks import (GConv2d, GroupFeatureFusionBlock, GroupResBlock, MaskUpsampleBlock, SensoryDeepUpdater,
                      SensoryUpdater, area_downsample, fp32_region, per_object)
-from vosrt.kernels.topk_readout import topk_readout
+from vosrt.kernels import topk_readout
 
 from .resnet import ResNetTrunk
 from .transformer import ObjectSummarizer, QueryTransformer, aggregate

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vosrt.kernels.topk_joint_attention import topk_joint_attention
+from vosrt.kernels import topk_joint_attention
 from vosrt.models.cutie.model import IMAGENET_MEAN, IMAGENET_STD
 from vosrt.models.cutie.transformer import aggregate
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vosrt.kernels.topk_joint_attention import topk_joint_attention
+from vosrt.kernels import topk_joint_attention
 
 LAYER_NORM_EPS = 1e-6
 
@@ -119,7 +119,7 @@ class JointBlock(nn.Module):
         """Current-frame tokens ``[B, N, C]`` attend to themselves and the reference cache
         ``ref_k/ref_v`` ``[B, Hd, M, D]`` (``ref_valid`` ``[B, M]``): all of it without ``topk``,
         else its top-K per query and head, computed by ``attention`` (arguments of
-        :func:`~vosrt.kernels.topk_joint_attention.topk_joint_attention`)."""
+        :func:`~vosrt.kernels.joint_attention.topk_joint_attention`)."""
         q, k, v = self.attn.heads(self.norm1(tokens))
         if topk is None:
             mask = None

@@ -18,11 +18,11 @@ ONNX Runtime ignores them.
 The ops:
 
 * ``vosrt::TopKReadout`` (Cutie's memory readout, attribute ``top_k``):
-  :func:`~vosrt.kernels.topk_readout.topk_readout` of float32 ``[B, Ck, HW]``, ``[B, Ck, HW]``,
+  :func:`~vosrt.kernels.readout.topk_readout` of float32 ``[B, Ck, HW]``, ``[B, Ck, HW]``,
   ``[B, Ck, N]``, ``[B, 1, N]``, ``[B, V, N]`` and bool ``[B, N]`` -> float32 ``[B, V, HW]``.
 * ``vosrt::TopKJointAttention`` (JointFormer's joint attention with the top-K reference filter
   over all reference frames, attributes ``top_k`` and ``head_dim``):
-  :func:`~vosrt.kernels.topk_joint_attention.topk_joint_attention` of float32 q, k, v
+  :func:`~vosrt.kernels.joint_attention.topk_joint_attention` of float32 q, k, v
   ``[B, Hd, N, D]``, ref_k, ref_v ``[B, Hd, M, D]`` and bool ref_valid ``[B, M]`` -> float32
   ``[B, Hd, N, D]``. ``head_dim`` (= D) is redundant with the shapes; it is there so that a
   TensorRT plugin can compile its kernel, whose D is a compile-time constant, before shapes are known.
@@ -34,8 +34,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .topk_joint_attention import topk_joint_attention, topk_joint_attention_reference
-from .topk_readout import topk_readout, topk_readout_reference
+from .joint_attention import topk_joint_attention, topk_joint_attention_reference
+from .readout import topk_readout, topk_readout_reference
 
 DOMAIN = "vosrt"
 
@@ -106,7 +106,7 @@ _joint_attention_op = exporting(TOPK_JOINT_ATTENTION)
 def topk_joint_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref_k: torch.Tensor,
                             ref_v: torch.Tensor, ref_valid: torch.Tensor, top_k: int,
                             frame_tokens: int | None = None) -> torch.Tensor:
-    """:func:`~vosrt.kernels.topk_joint_attention.topk_joint_attention` (same arguments, ``[B, Hd,
+    """:func:`~vosrt.kernels.joint_attention.topk_joint_attention` (same arguments, ``[B, Hd,
     N, D]`` float32 out) that exports as one ``vosrt::TopKJointAttention`` node; the top-K runs
     over all reference frames (``frame_tokens`` None: the official ``topk_range='all_frames'``)."""
     if frame_tokens is not None:

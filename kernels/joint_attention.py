@@ -20,7 +20,7 @@ valid tokens exist and weighted 0 otherwise) or None; returns ``[B, Hd, N, D]``.
 
 :func:`topk_joint_attention_triton` is the fused kernel (``topk_range='all_frames'``): it
 never materialises the ``N x M`` score matrix. It reuses the packed (score, index) keys and
-the bitonic top-K merge of :mod:`.topk_readout`; like that kernel, triton is imported only
+the bitonic top-K merge of :mod:`.readout`; like that kernel, triton is imported only
 when it first runs (set ``TRITON_INTERPRET=1`` before that to run it on CPU tensors).
 :func:`topk_joint_attention` picks the kernel for CUDA tensors and the reference otherwise.
 """
@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from . import topk_readout
+from . import readout
 
 # Bound by _jit_kernel(): triton, its language module, and topk_readout's jitted helpers.
 triton = None
@@ -148,11 +148,11 @@ def _topk_joint_attention_kernel(
 
 @functools.cache
 def _jit_kernel() -> Callable:
-    """Import triton (through :mod:`.topk_readout`, which jits the shared helpers) and jit the kernel."""
+    """Import triton (through :mod:`.readout`, which jits the shared helpers) and jit the kernel."""
     global triton, tl, _pack, _unpack, _merge_top
-    topk_readout._jit_device_code()
-    triton, tl = topk_readout.triton, topk_readout.tl
-    _pack, _unpack, _merge_top = topk_readout._pack, topk_readout._unpack, topk_readout._merge_top
+    readout._jit_device_code()
+    triton, tl = readout.triton, readout.tl
+    _pack, _unpack, _merge_top = readout._pack, readout._unpack, readout._merge_top
     return triton.jit(_topk_joint_attention_kernel)
 
 
@@ -196,6 +196,6 @@ def topk_joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref_
                          frame_tokens: int | None = None) -> torch.Tensor:
     """Top-K joint attention ``[B, Hd, N, D]``: the Triton kernel for CUDA tensors (all-frames
     range, triton installed, not while exporting to ONNX), else :func:`topk_joint_attention_reference`."""
-    if q.is_cuda and frame_tokens is None and topk_readout.triton_available() and not torch.onnx.is_in_onnx_export():
+    if q.is_cuda and frame_tokens is None and readout.triton_available() and not torch.onnx.is_in_onnx_export():
         return topk_joint_attention_triton(q, k, v, ref_k, ref_v, ref_valid, top_k)
     return topk_joint_attention_reference(q, k, v, ref_k, ref_v, ref_valid, top_k, frame_tokens)
