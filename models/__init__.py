@@ -1,1 +1,1 @@
-
+"""The networks, re-implemented so that the official checkpoints load with ``strict=True``."""

@@ -1,1 +1,1 @@
-
+"""The runtime: model registry, declared stages, backends, sessions and their memory."""

@@ -1,50 +1,12 @@
-"""Frame and mask preparation: validation, resizing to ``max_internal_size``, padding to 16."""
+"""Frame and mask preparation (validation, resizing to ``max_internal_size``, padding to 16) and
+the way back to the frame size."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-STRIDE = 16
-
-
-@dataclass(frozen=True)
-class FrameGeometry:
-    """How a frame of ``size`` (H, W) maps to the network input: resized to ``internal``
-    then padded by ``pad`` = (left, right, top, bottom) to a multiple of 16."""
-
-    size: tuple[int, int]
-    internal: tuple[int, int]
-    pad: tuple[int, int, int, int]
-
-    @classmethod
-    def for_size(cls, size: tuple[int, int], max_internal_size: int) -> "FrameGeometry":
-        h, w = size
-        internal = size
-        if 0 < max_internal_size < min(h, w):
-            internal = (int(h / min(h, w) * max_internal_size), int(w / min(h, w) * max_internal_size))
-        pad_h, pad_w = (-internal[0]) % STRIDE, (-internal[1]) % STRIDE
-        return cls(size, internal, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-
-    @property
-    def resized(self) -> bool:
-        return self.internal != self.size
-
-    @property
-    def padded(self) -> tuple[int, int]:
-        """The network input size (H', W'): ``internal`` padded to multiples of 16."""
-        left, right, top, bottom = self.pad
-        return self.internal[0] + top + bottom, self.internal[1] + left + right
-
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
-        """Network-size ``[C, H', W']`` -> frame-size ``[C, H, W]`` (unpad, then resize back)."""
-        left, right, top, bottom = self.pad
-        x = x[:, top:x.shape[1] - bottom, left:x.shape[2] - right]
-        if self.resized:
-            x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False)[0]
-        return x
+from .geometry import FrameGeometry
 
 
 def prepare_image(image: np.ndarray, max_internal_size: int, device: torch.device) -> tuple[torch.Tensor, FrameGeometry]:
@@ -87,3 +49,12 @@ def prepare_mask(mask: np.ndarray, objects: list[int] | None, geometry: FrameGeo
         labels = F.interpolate(labels[None, None].float(), size=geometry.internal,
                                mode="nearest-exact")[0, 0].round().long()
     return F.pad(labels, geometry.pad), objects
+
+
+def restore(x: torch.Tensor, geometry: FrameGeometry) -> torch.Tensor:
+    """Network-size ``[C, H', W']`` -> frame-size ``[C, H, W]`` (unpad, then resize back)."""
+    left, right, top, bottom = geometry.pad
+    x = x[:, top:x.shape[1] - bottom, left:x.shape[2] - right]
+    if geometry.resized:
+        x = F.interpolate(x[None], size=geometry.size, mode="bilinear", align_corners=False)[0]
+    return x

@@ -1,107 +1,76 @@
-"""A video session: feeds frames through a backend and keeps the memory between them.
+"""A video session: frames in, probabilities out, the memory kept between them.
 
-The step logic follows the official Cutie ``InferenceCore``: memory every ``mem_every``
-frames and on every frame with a mask, staggered sensory updates, objects added by a mask
-that holds only them, soft aggregation of all objects, and optionally the long-term memory
-of the official ``MemoryManager`` (``use_long_term``).
+:class:`Session` is the template every model's session follows (the official
+``InferenceCore``): validate and prepare the frame, decide whether it is a memory frame
+(every ``mem_every`` frames and every frame with a mask, never the last one), run the
+model's step, and return the probabilities at the frame's size with the objects in id order.
+A model's session implements ``_step`` (and the memory it keeps).
 """
 from __future__ import annotations
 
+import contextlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .graphs import CutieGraphs, ImageFeatures
-from .long_term import LongTermPolicy
-from .memory import MemoryStore
-from .preprocess import FrameGeometry
-from .video_session import VideoSession
+from vosrt.models.common import aggregate
+
+from .backends.base import Backend
+from .config import SessionConfig
+from .objects import ObjectManager
+from .geometry import FrameGeometry
+from .preprocess import prepare_image, prepare_mask, restore
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
-    """Inference settings (official ``eval_config.yaml`` defaults).
+class Frame:
+    """One prepared frame: ``image`` ``[1, 3, H', W']`` (padded network input), ``labels``
+    ``[H', W']`` int64 and the ``objects`` they give, or None without a mask; ``memorise``:
+    whether it enters memory; ``since_memory``: frames since the last memory frame; ``last``:
+    the video's last frame."""
 
-    ``max_mem_frames`` sizes the working memory without long-term memory; with
-    ``use_long_term`` the ``long_term_*`` fields are the official ``long_term`` section.
-    """
-
-    mem_every: int = 5
-    max_mem_frames: int = 5
-    top_k: int = 30
-    stagger_updates: int = 5
-    chunk_size: int = -1
-    max_internal_size: int = -1
-    use_long_term: bool = False
-    long_term_max_mem_frames: int = 10
-    long_term_min_mem_frames: int = 5
-    long_term_num_prototypes: int = 128
-    long_term_max_num_tokens: int = 10000
-    long_term_buffer_tokens: int = 2000
-    long_term_count_usage: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("mem_every", "max_mem_frames", "top_k", "stagger_updates", "long_term_min_mem_frames",
-                     "long_term_num_prototypes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.long_term_min_mem_frames >= self.long_term_max_mem_frames:
-            raise ValueError(f"long_term_min_mem_frames ({self.long_term_min_mem_frames}) must be smaller than "
-                             f"long_term_max_mem_frames ({self.long_term_max_mem_frames})")
-        if self.long_term_buffer_tokens < 0 or \
-                self.long_term_num_prototypes + self.long_term_buffer_tokens > self.long_term_max_num_tokens:
-            raise ValueError("long_term_max_num_tokens must hold long_term_num_prototypes + long_term_buffer_tokens "
-                             f"(buffer >= 0), got {self.long_term_max_num_tokens} < {self.long_term_num_prototypes} "
-                             f"+ {self.long_term_buffer_tokens}")
-
-    @property
-    def memory_frames(self) -> int:
-        """Working-memory frames per bucket, the permanent first frame included."""
-        return self.long_term_max_mem_frames if self.use_long_term else self.max_mem_frames
-
-    def long_term_policy(self) -> LongTermPolicy | None:
-        """The long-term memory rules, or None without ``use_long_term``."""
-        if not self.use_long_term:
-            return None
-        return LongTermPolicy(keep_frames=self.long_term_min_mem_frames - 1,
-                              num_prototypes=self.long_term_num_prototypes,
-                              max_tokens=self.long_term_max_num_tokens, buffer_tokens=self.long_term_buffer_tokens,
-                              count_usage=self.long_term_count_usage)
-
-    def stagger_steps(self) -> set[int]:
-        """Frame distances from the last memory frame at which the sensory memory is updated."""
-        if self.stagger_updates >= self.mem_every:
-            return set(range(1, self.mem_every + 1))
-        return set(np.round(np.linspace(1, self.mem_every, self.stagger_updates)).astype(int).tolist())
+    image: torch.Tensor
+    geometry: FrameGeometry
+    labels: torch.Tensor | None
+    objects: list[int] | None
+    memorise: bool
+    since_memory: int
+    last: bool
 
 
-class CutieSession(VideoSession):
-    """Segments a video frame by frame. Create it with :func:`vosrt.load`.
+class Session(ABC):
+    """Segments a video frame by frame on a backend. Create one with :func:`vosrt.load`.
 
     >>> prob = session.step(image, mask, objects=[1, 2])   # first frame: a label map
     >>> prob = session.step(next_image)                    # later frames: propagated
     >>> labels = session.to_mask(prob)
     """
 
-    def __init__(self, graphs: CutieGraphs, config: InferenceConfig = InferenceConfig()):
-        self.graphs = graphs
+    def __init__(self, backend: Backend, config: SessionConfig, *, amp: bool = False):
+        self.backend = backend
         self.config = config
-        self._stagger = config.stagger_steps()
+        self.amp = amp
         self.reset()
 
     def reset(self) -> None:
         """Forget the video: memory, objects and frame counter."""
         self.frame_index = -1
-        self._last_mem_index = 0
-        self._object_ids: list[int] = []  # in memory order (order of arrival)
-        self._memory = MemoryStore(self.config.memory_frames, self.config.long_term_policy())
-        self._sensory: torch.Tensor | None = None  # [1, K, C, h, w]
-        self._readout: torch.Tensor | None = None  # [1, K, C, h, w], rewritten by every readout
-        self._obj_memory: torch.Tensor | None = None  # [1, K, Q, C + 1]
-        self._last_mask: torch.Tensor | None = None  # [1, K, H, W]
+        self._last_memory_index = 0
+        self.objects = ObjectManager()
         self._geometry: FrameGeometry | None = None
+        self._reset_memory()
+
+    @property
+    def object_ids(self) -> list[int]:
+        """Ids of the tracked objects, sorted: channel i + 1 of ``step``'s output is ``object_ids[i]``."""
+        return self.objects.sorted_ids
+
+    def to_mask(self, prob: np.ndarray) -> np.ndarray:
+        """``step`` output -> ``HxW`` uint8 label map (argmax, then channel -> object id)."""
+        lut = np.array([0, *self.object_ids], dtype=np.uint8)
+        return lut[np.argmax(prob, axis=0)]
 
     @torch.inference_mode()
     def step(self, image: np.ndarray, mask: np.ndarray | None = None, objects: list[int] | None = None,
@@ -113,74 +82,76 @@ class CutieSession(VideoSession):
         objects already tracked but absent from ``objects`` keep being propagated. ``end``:
         the last frame of the video (nothing is memorised).
         Returns float32 ``[num_objects + 1, H, W]``: background, then objects in id order.
+        With ``amp`` the whole step runs under fp16 autocast (the official AMP); the networks
+        keep their official fp32 regions inside it.
         """
-        image_t, geometry, labels, objects = self._prepare(image, mask, objects, self.config.max_internal_size,
-                                                           self.graphs.device, self._memory.engaged)
-
-        self.frame_index += 1
-        since_mem = self.frame_index - self._last_mem_index
-        is_mem_frame = (since_mem >= self.config.mem_every or labels is not None) and not end
-        update_sensory = since_mem in self._stagger and not end
-        need_segment = labels is None or (bool(self._object_ids) and set(objects) != set(self._object_ids))
-
-        feats = self.graphs.encode_image(image_t)
-        prob = self._segment(feats, update_sensory) if need_segment else None
-        if labels is not None:
-            prob = self._merge_mask(prob, labels, objects)
-            self._register([o for o in objects if o not in self._object_ids], labels.shape)
-        self._last_mask = prob[1:].unsqueeze(0)
-        if is_mem_frame:
-            self._add_memory(image_t, feats)
-        return self._output(prob, geometry)
+        frame = self._prepare(image, mask, objects, end)
+        with torch.autocast(self.backend.device.type, dtype=torch.float16) if self.amp else contextlib.nullcontext():
+            prob = self._step(frame)
+        if frame.memorise:
+            self._last_memory_index = self.frame_index
+        return self._output(prob, frame.geometry)
 
     @torch.inference_mode()
     def remove_objects(self, object_ids: list[int]) -> None:
         """Stop tracking objects: they leave the memory and the output."""
-        keep = self._drop_objects(object_ids)
-        self._memory.remove_objects(object_ids)
-        self._sensory, self._obj_memory, self._last_mask, self._readout = (
-            t[:, keep] for t in (self._sensory, self._obj_memory, self._last_mask, self._readout))
+        self._keep_rows(self.objects.remove(object_ids), object_ids)
 
-    # -- internals -------------------------------------------------------------------------
+    # -- what a model's session implements ------------------------------------------------
 
-    def _segment(self, feats: ImageFeatures, update_sensory: bool) -> torch.Tensor:
-        """Memory readout + decoding for the objects already in memory -> ``[K + 1, H, W]``."""
-        for bucket in self._memory.buckets:
-            rows = [self._object_ids.index(o) for o in bucket.object_ids]
-            memory_key, memory_shrinkage, memory_value, memory_valid = bucket.flat()
-            if self._memory.counts_usage:
-                self._memory.record_usage(bucket, self.graphs.memory_usage(
-                    feats.key, feats.selection, memory_key, memory_shrinkage, memory_valid))
-            chunk = self.config.chunk_size if self.config.chunk_size > 0 else len(rows)
-            for start in range(0, len(rows), chunk):
-                part = rows[start:start + chunk]
-                readout = self.graphs.read_memory(
-                    feats.key, feats.selection, feats.pix_feat, memory_key, memory_shrinkage,
-                    memory_value[:, start:start + chunk], memory_valid, self._sensory[:, part],
-                    self._last_mask[:, part], self._obj_memory[:, part])
-                self._readout[:, part] = readout.to(self._readout.dtype)  # fp16 under autocast
-        new_sensory, prob = self.graphs.decode(feats.f8, feats.f4, self._readout, self._sensory)
-        if update_sensory:
-            self._sensory.copy_(new_sensory)
-        return prob[0]
+    @abstractmethod
+    def _reset_memory(self) -> None:
+        """Empty memory."""
 
-    def _register(self, new_objects: list[int], size: torch.Size) -> None:
-        """Append objects with empty sensory and object memory (and readout rows)."""
-        if not new_objects:
-            return
-        self._object_ids += new_objects
-        h, w = size[0] // 16, size[1] // 16
-        g, k, device = self.graphs, len(new_objects), self.graphs.device
-        sensory = torch.zeros(1, k, g.sensory_dim, h, w, device=device)
-        obj_memory = torch.zeros(1, k, g.num_queries, g.value_dim + 1, device=device)
-        self._sensory, self._obj_memory, self._readout = (
-            new if old is None else torch.cat([old, new], 1)
-            for old, new in ((self._sensory, sensory), (self._obj_memory, obj_memory),
-                             (self._readout, torch.zeros_like(sensory))))
+    @property
+    @abstractmethod
+    def _has_memory(self) -> bool:
+        """Whether anything is in memory to propagate from."""
 
-    def _add_memory(self, image: torch.Tensor, feats: ImageFeatures) -> None:
-        value, sensory, summaries = self.graphs.encode_mask(image, feats.pix_feat, self._sensory, self._last_mask)
-        self._memory.add(feats.key, feats.shrinkage, feats.selection, value, self._object_ids)
-        self._obj_memory += summaries
-        self._sensory.copy_(sensory)
-        self._last_mem_index = self.frame_index
+    @abstractmethod
+    def _step(self, frame: Frame) -> torch.Tensor:
+        """Segment ``frame`` and update the memory -> ``[K + 1, H', W']`` probabilities in memory order."""
+
+    @abstractmethod
+    def _keep_rows(self, rows: list[int], removed: list[int]) -> None:
+        """Keep the per-object state of ``rows`` (memory order); ``removed`` objects leave the memory."""
+
+    # -- shared steps ---------------------------------------------------------------------
+
+    def _prepare(self, image: np.ndarray, mask: np.ndarray | None, objects: list[int] | None, end: bool) -> Frame:
+        """Validate and convert a frame; advances the frame counter. The frame size must stay the
+        same within a video, and a frame without a mask needs memory to be propagated from."""
+        image_t, geometry = prepare_image(image, self.config.max_internal_size, self.backend.device)
+        if self._geometry is None:
+            self._geometry = geometry
+        elif geometry != self._geometry:
+            raise ValueError(f"frame size changed from {self._geometry.size} to {geometry.size} within a video; "
+                             "call reset() before starting another video")
+        labels, objects = (None, None) if mask is None else prepare_mask(mask, objects, geometry, self.backend.device)
+        if labels is None and not self._has_memory:
+            raise ValueError("the first frame needs a mask: pass step(image, mask) with the objects to track")
+        self.frame_index += 1
+        since_memory = self.frame_index - self._last_memory_index
+        memorise = (since_memory >= self.config.mem_every or labels is not None) and not end
+        return Frame(image_t, geometry, labels, objects, memorise, since_memory, end)
+
+    def _merge_mask(self, prob: torch.Tensor | None, labels: torch.Tensor, objects: list[int]) -> torch.Tensor:
+        """Combine a label map with the prediction for the tracked objects (if any) -> ``[K' + 1, H, W]``
+        in memory order, the ``objects`` not tracked yet appended in order (the caller then adds
+        them to :attr:`objects`). Labelled pixels override the prediction."""
+        if prob is None:
+            known = torch.zeros(len(self.objects), *labels.shape, device=labels.device)
+        else:
+            known = prob[1:]
+            known[:, labels > 0] = 0
+        tracked = [o for o in objects if o in self.objects]
+        for obj, row in zip(tracked, self.objects.rows(tracked)):
+            known[row] = (labels == obj).float()
+        added = [(labels == obj).float() for obj in objects if obj not in self.objects]
+        masks = torch.cat([known, torch.stack(added)]) if added else known
+        return torch.softmax(aggregate(masks, dim=0), dim=0)
+
+    def _output(self, prob: torch.Tensor, geometry: FrameGeometry) -> np.ndarray:
+        """Network-size ``[K + 1, H', W']`` in memory order -> frame-size float32 numpy in id order."""
+        prob = restore(prob, geometry)
+        return prob[self.objects.output_order()].float().cpu().numpy()

@@ -1,13 +1,36 @@
-"""Shared fixtures: the ../shared reference data and seeded official-layout weights."""
+"""Shared fixtures: the ../shared reference data, seeded official-layout weights, and the rules
+that turn missing prerequisites into skips, or into failures where CI asks for them.
+
+``VOSRT_REQUIRE_SHARED=1`` (set by .ci/run): a test that needs ../shared fails instead of
+skipping when it is missing. ``VOSRT_REQUIRE_GPU=1`` (set by the GPU acceptance run): tests
+marked ``gpu`` or ``tensorrt`` fail instead of skipping without an NVIDIA GPU (and TensorRT).
+"""
 from __future__ import annotations
 
+import importlib.util
+import os
 import runpy
 from pathlib import Path
 
 import pytest
 
 from helpers import REFERENCE, require_shared
-from vosrt.cli import export_engine_main
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    import torch
+
+    missing = []
+    if item.get_closest_marker("gpu") or item.get_closest_marker("tensorrt"):
+        if not torch.cuda.is_available():
+            missing.append("an NVIDIA GPU")
+    if item.get_closest_marker("tensorrt") and importlib.util.find_spec("tensorrt") is None:
+        missing.append("TensorRT")
+    if missing:
+        reason = f"needs {' and '.join(missing)}"
+        if os.environ.get("VOSRT_REQUIRE_GPU") == "1":
+            pytest.fail(f"{reason}, and VOSRT_REQUIRE_GPU=1 asks for every GPU test to run")
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +56,8 @@ def jointformer_export(seeded_weights, tmp_path_factory):
     """``jointformer_export(variant)`` -> the directory ``export-engine jointformer --format onnx
     --max-mem-frames 2`` writes for the seed-1 weights (default top-K options), exported once per
     session: variant ``"fp32"``, ``"custom"`` (``--custom-ops``) or ``"fp16"`` (``--fp16``)."""
+    from vosrt.cli import export_engine_main
+
     flags = {"fp32": [], "custom": ["--custom-ops"], "fp16": ["--fp16"]}
     made: dict[str, Path] = {}
 
@@ -44,5 +69,28 @@ def jointformer_export(seeded_weights, tmp_path_factory):
             assert export_engine_main(argv) == 0
             made[variant] = output
         return made[variant]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def cutie_export(seeded_weights, tmp_path_factory):
+    """``cutie_export(model, variant="fp32")`` -> an export of the seed-1 weights with top_k 30 and
+    max_mem_frames 3 (the golden settings), written once per session: ``"fp32"``, ``"fp16"`` or
+    ``"custom"`` (custom ops)."""
+    from vosrt.api import build_network
+    from vosrt.export.onnx import export_onnx
+    from vosrt.runtime.cutie.config import CutieSessionConfig
+
+    made: dict[tuple[str, str], Path] = {}
+
+    def make(model: str, variant: str = "fp32") -> Path:
+        if (model, variant) not in made:
+            weights = seeded_weights(model)
+            made[model, variant] = export_onnx(
+                build_network(model, weights), model, tmp_path_factory.mktemp("onnx") / f"{model}-{variant}",
+                config=CutieSessionConfig(top_k=30, max_mem_frames=3), checkpoint=weights, fp16=variant == "fp16",
+                custom_ops=variant == "custom", progress=lambda _: None)
+        return made[model, variant]
 
     return make

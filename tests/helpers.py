@@ -1,6 +1,7 @@
 """Reference data access and metrics shared by the tests."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,35 @@ from PIL import Image
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE = SHARED / "reference"
 SYNTHETIC = SHARED / "data" / "synthetic-shapes"
+SYNTHETIC_LONG = SHARED / "data" / "synthetic-long"
 GOLDEN_CONFIG = dict(mem_every=3, max_mem_frames=3, top_k=30, stagger_updates=5, chunk_size=-1, max_internal_size=-1)
+JOINTFORMER_GOLDEN_CONFIG = dict(mem_every=3, max_mem_frames=2, top_k=30)  # ../shared/reference/README.md
+LONG_TERM_GOLDEN_CONFIG = dict(use_long_term=True, mem_every=1, long_term_max_mem_frames=4, long_term_min_mem_frames=2,
+                               long_term_num_prototypes=64, long_term_max_num_tokens=250, long_term_buffer_tokens=50)
+
+# Largest |dprob| against the official golden outputs a backend may show over a clip: about 3x
+# what it measured (in the comment), per golden clip and backend (fp32, CPU).
+GOLDEN_MAX_DPROB = {
+    ("cutie-small", "torch"): 8e-3,  # 2.7e-3 (frame 34: a near tie; the official code's own 1-vs-2-thread noise)
+    ("cutie-base", "torch"): 3e-3,  # 8.6e-4
+    ("cutie-small", "onnxruntime"): 6e-3,  # 2.1e-3
+    ("cutie-base", "onnxruntime"): 5e-3,  # 1.5e-3
+    ("jointformer", "torch"): 2e-3,  # 6.6e-4
+    ("jointformer", "onnxruntime"): 2e-3,  # 6.9e-4
+    ("cutie-small-lt-evict", "torch"): 2e-3,  # 5.8e-4
+    ("cutie-small-lt-evict", "onnxruntime"): 2e-3,
+}
+# Not measured yet (nothing has run on a GPU): the README's noise floor of the official code.
+GPU_MAX_DPROB = 2e-2
 
 
 def require_shared() -> None:
+    """Skip (or, with ``VOSRT_REQUIRE_SHARED=1``, fail) when the reference data is missing."""
     if not REFERENCE.is_dir():
-        pytest.skip(f"reference data not found at {SHARED} (CI checks it out beside the repository)")
+        reason = f"reference data not found at {SHARED} (CI checks it out beside the repository)"
+        if os.environ.get("VOSRT_REQUIRE_SHARED") == "1":
+            pytest.fail(f"{reason}, and VOSRT_REQUIRE_SHARED=1 asks for every parity test to run")
+        pytest.skip(reason)
 
 
 def synthetic_frame(index: int) -> np.ndarray:
@@ -45,23 +69,42 @@ def near_ties(prob: np.ndarray, margin: float = TIE_MARGIN) -> np.ndarray:
 
 
 def run_golden_clip(session, model: str, num_frames: int = 40) -> list[tuple[int, float, float, float, float]]:
-    """The golden protocol of ../shared/reference/README.md on ``session``.
+    """The golden protocol of ../shared/reference/README.md on ``session`` (synthetic-shapes, object 3
+    added on frame 15).
 
     Returns per frame: (frame, max |dprob| at the golden pixels, mIoU of the label map,
     mIoU without the near-tie pixels of :func:`near_ties`, fraction of pixels left out). With
     random weights some objects are a dozen pixels wide, so one pixel decided by a 1e-6
     difference moves the raw mIoU.
     """
-    golden = np.load(REFERENCE / f"golden-{model}-synthetic-seed1.npz")
+    def frames():
+        for i in range(num_frames):
+            masks = {0: (synthetic_mask(0), [1, 2]), 15: (synthetic_mask(15), [3])}
+            yield (synthetic_frame(i), *masks.get(i, (None, None)))
+
+    return _compare_with_golden(session, REFERENCE / f"golden-{model}-synthetic-seed1.npz", frames())
+
+
+def run_long_term_golden_clip(session, num_frames: int = 12) -> list[tuple[int, float, float, float, float]]:
+    """The long-term memory golden protocol of ../shared/reference/README.md (12 frames of
+    synthetic-long, a mask on frame 0 only; ``session`` made with :data:`LONG_TERM_GOLDEN_CONFIG`)."""
+    def frames():
+        for i in range(num_frames):
+            image = np.asarray(Image.open(SYNTHETIC_LONG / "images" / f"{i:05d}.png").convert("RGB"))
+            mask = np.asarray(Image.open(SYNTHETIC_LONG / "masks" / "00000.png")).astype(np.int64) if i == 0 else None
+            yield image, mask, [1, 2, 3] if i == 0 else None
+
+    return _compare_with_golden(session, REFERENCE / "golden-cutie-small-lt-evict-seed1.npz", frames())
+
+
+def _compare_with_golden(session, golden_path, frames) -> list[tuple[int, float, float, float, float]]:
+    """Per frame of ``frames`` ((image, mask, objects)): (frame, max |dprob| at the golden pixels,
+    mIoU, mIoU without near ties, fraction of near-tie pixels)."""
+    golden = np.load(golden_path)
     pixels = golden["pixel_index"]
     results = []
-    for i in range(num_frames):
-        if i == 0:
-            prob = session.step(synthetic_frame(i), synthetic_mask(0), objects=[1, 2])
-        elif i == 15:
-            prob = session.step(synthetic_frame(i), synthetic_mask(15), objects=[3])
-        else:
-            prob = session.step(synthetic_frame(i))
+    for i, (image, mask, objects) in enumerate(frames):
+        prob = session.step(image, mask, objects=objects)
         expected = golden[f"prob_{i:05d}.png"].astype(np.float32)
         assert prob.shape[0] == expected.shape[0], f"frame {i}: {prob.shape[0]} channels, golden {expected.shape[0]}"
         dprob = float(np.abs(prob.reshape(prob.shape[0], -1)[:, pixels] - expected).max())
@@ -72,7 +115,7 @@ def run_golden_clip(session, model: str, num_frames: int = 40) -> list[tuple[int
     return results
 
 
-def assert_golden(results, max_dprob: float = 2e-2, min_iou: float = 0.98, ignore_ties: bool = False,
+def assert_golden(results, max_dprob: float, min_iou: float = 0.98, ignore_ties: bool = False,
                   max_ties: float = 0.01) -> None:
     """Every frame within ``max_dprob`` and ``min_iou`` (raw mIoU, or tie-excluded with
     ``ignore_ties``, which may leave out at most ``max_ties`` of a frame's pixels)."""

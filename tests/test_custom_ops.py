@@ -18,18 +18,17 @@ import torch
 
 import vosrt
 from helpers import GOLDEN_CONFIG, synthetic_frame, synthetic_mask
-from vosrt.api import build_model
+from vosrt.api import build_network
 from vosrt.cli import export_engine_main, main
-from vosrt.export import onnx_export
-from vosrt.export.cutie_graphs import SPECS, example_inputs
-from vosrt.export import jointformer_graphs
 from vosrt.export.verify import compare_with_eager
 from vosrt.kernels import joint_attention, readout, trt_plugin
 from vosrt.kernels.custom_ops import OPS, TOPK_JOINT_ATTENTION, TOPK_READOUT, topk_joint_attention_op, topk_readout_op
 from vosrt.kernels.joint_attention import topk_joint_attention_reference
 from vosrt.kernels.readout import topk_readout_reference, triton_available
-from vosrt.models.jointformer import JointFormer
-from vosrt.runtime.onnxruntime_graphs import OnnxRuntimeGraphs, create_session
+from vosrt.runtime.backends.onnxruntime import OnnxRuntimeBackend, create_session
+from vosrt.runtime.cutie.family import FAMILY as CUTIE
+from vosrt.runtime.jointformer.family import FAMILY as JOINTFORMER
+from vosrt.runtime.stages import example_inputs
 
 MODEL = "cutie-small"
 QUALIFIED_NAME = TOPK_READOUT.qualified_name
@@ -37,13 +36,12 @@ DECOMPOSED_READOUT_OPS = {"TopK"}  # only the readout ranks
 
 
 @pytest.fixture(scope="module")
-def exports(seeded_weights, tmp_path_factory):
-    """{"standard": dir, "custom": dir}: fp32 exports of the seed-1 weights (top_k 30, capacity 3),
+def exports(seeded_weights, cutie_export, tmp_path_factory):
+    """{"standard": dir, "custom": dir}: fp32 exports of the seed-1 weights (top_k 30, max_mem_frames 3),
     the custom-op one through ``export-engine --custom-ops``."""
     weights = seeded_weights(MODEL)
     folder = tmp_path_factory.mktemp("custom-ops")
-    standard = onnx_export.export_onnx(build_model(MODEL, weights), MODEL, folder / "standard", checkpoint=weights,
-                                       top_k=30, max_mem_frames=3, progress=lambda _: None)
+    standard = cutie_export(MODEL)
     assert export_engine_main([MODEL, "--weights", str(weights), "--format", "onnx", "--custom-ops", "--top-k", "30",
                                "--max-mem-frames", "3", "--output", str(folder / "custom")]) == 0
     return {"standard": standard, "custom": folder / "custom"}
@@ -91,14 +89,15 @@ def test_custom_ops_are_their_references_eagerly():
 
 
 def test_onnxruntime_custom_op_matches_standard_graph_and_eager(exports, seeded_weights):
-    model = build_model(MODEL, seeded_weights(MODEL))
+    model = build_network(MODEL, seeded_weights(MODEL))
     checks = compare_with_eager(exports["custom"], model, sizes=((128, 192),), objects=(1, 3), rel_tol=1e-4,
                                 graphs=("memory_readout",))
     assert [(c.graph, c.num_objects) for c in checks] == [("memory_readout", 1), ("memory_readout", 3)]
     assert all(c.passed for c in checks), checks
 
-    inputs = example_inputs(model, "memory_readout", (240, 320), 2, 3)
-    feed = {name: x.numpy() for name, x in zip(SPECS["memory_readout"].inputs, inputs)}
+    stage = CUTIE.stages["memory_readout"]
+    inputs = example_inputs(stage, CUTIE.example_sizes(CUTIE.architecture(model), 240, 320, 2, 3))
+    feed = {name: x.numpy() for name, x in zip(stage.input_names, inputs)}
     outputs = {kind: create_session(d / "memory_readout.onnx", ["CPUExecutionProvider"],
                                     json.loads((d / "manifest.json").read_text())["custom_ops"]).run(None, feed)[0]
                for kind, d in exports.items()}
@@ -120,7 +119,7 @@ def test_session_over_custom_op_export_matches_standard(exports, seeded_weights)
 def test_missing_onnxruntime_extensions_is_a_clear_error(exports, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime_extensions", None)  # makes the import fail
     with pytest.raises(RuntimeError, match="needs onnxruntime-extensions"):
-        OnnxRuntimeGraphs(exports["custom"])
+        OnnxRuntimeBackend(exports["custom"])
 
 
 def test_unknown_custom_op_is_rejected(exports, tmp_path):
@@ -129,19 +128,12 @@ def test_unknown_custom_op_is_rejected(exports, tmp_path):
     manifest["custom_ops"] = ["vosrt::Unknown"]
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="vosrt::Unknown have no ONNX Runtime implementation"):
-        OnnxRuntimeGraphs(directory)
+        OnnxRuntimeBackend(directory)
 
 
 def test_inspect_lists_custom_ops(exports, capsys):
     assert main(["inspect", str(exports["custom"])]) == 0
     assert f"custom ops {QUALIFIED_NAME}" in capsys.readouterr().out
-
-
-@pytest.fixture(scope="module")
-def jointformer_shapes():
-    """JointFormer on the meta device: what ``example_inputs`` reads, without weights."""
-    with torch.device("meta"):
-        return JointFormer()
 
 
 def test_jointformer_custom_op_export_has_one_node_per_filtered_block(jointformer_export):
@@ -158,11 +150,11 @@ def test_jointformer_custom_op_export_has_one_node_per_filtered_block(jointforme
         assert not [n for n in onnx.load(str(custom / f"{graph}.onnx")).graph.node if n.domain == "vosrt"]
 
 
-def test_jointformer_custom_op_graph_matches_the_standard_ops_on_onnxruntime(jointformer_export, jointformer_shapes):
+def test_jointformer_custom_op_graph_matches_the_standard_ops_on_onnxruntime(jointformer_export):
     """A cache of 3 slots, the last one empty (padded tokens), 2 objects, at another size than the export's."""
-    spec = jointformer_graphs.SPECS["joint_propagation"]
-    inputs = jointformer_graphs.example_inputs(jointformer_shapes, "joint_propagation", (96, 128), 2, 3)
-    feed = {name: x.numpy() for name, x in zip(spec.inputs, inputs)}
+    spec = JOINTFORMER.stages["joint_propagation"]
+    inputs = example_inputs(spec, JOINTFORMER.example_sizes({}, 96, 128, 2, 3))
+    feed = {name: x.numpy() for name, x in zip(spec.input_names, inputs)}
     outputs = {}
     for kind in ("fp32", "custom"):
         directory = jointformer_export(kind)

@@ -1,11 +1,23 @@
-"""vosrt: video object segmentation models (Cutie) for deployment.
+"""vosrt: video object segmentation models (Cutie, JointFormer) for deployment.
 
 >>> import vosrt
 >>> session = vosrt.load("cutie-small", weights="cutie-small-mega.pth")
 >>> prob = session.step(image, mask)          # first frame with its label map
 >>> labels = session.to_mask(session.step(next_image))
-"""
-from vosrt.api import load
 
-__version__ = "0.1.0"
+``import vosrt`` is cheap: torch and the models are imported when ``vosrt.load`` is first used.
+"""
+from __future__ import annotations
+
+from importlib import metadata
+
+__version__ = metadata.version("vosrt")
 __all__ = ["load", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "load":
+        from vosrt.api import load
+
+        return load
+    raise AttributeError(f"module 'vosrt' has no attribute {name!r}")

@@ -9,14 +9,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from vosrt import io
-from vosrt.runtime.video_session import VideoSession
+
+if TYPE_CHECKING:
+    from vosrt.runtime.session import Session
 
 DEFAULT_FPS = 24.0
 T = TypeVar("T")
@@ -31,7 +33,7 @@ class SegmentResult:
     stopped: bool  # a camera stream ended by Ctrl-C
 
 
-def segment(make_session: Callable[[], VideoSession], source: io.FrameSource, masks: str | Path, *,
+def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks: str | Path, *,
             output: str | Path | None = None, overlay: str | Path | None = None, fps: float | None = None,
             max_frames: int | None = None) -> SegmentResult:
     """Segment ``source`` from the label maps in ``masks`` (one PNG for the first frame, or a

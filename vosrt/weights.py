@@ -1,58 +1,23 @@
-"""Official checkpoints: registry, download with checksum, and strict loading."""
+"""Official checkpoints (listed in :mod:`vosrt.runtime.registry`): download with checksum, and strict loading."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-CUTIE_RELEASE = "https://github.com/hkchengrex/Cutie/releases/download/v1.0"
-JOINTFORMER_RELEASE = "https://github.com/MCG-NJU/JointFormer/releases/download/v0.1"
-# The release checkpoints of the official checkpoints/download_checkpoint.sh (suffix = training
-# stages: s0/s01 pre-trained, s2/s02/s012 DAVIS + YouTube-VOS, s24/s024 VOST, s5/s05/s015 MOSE,
-# s026/s0126 LVOS, s7/s07 VISOR); the official repository publishes no checksums.
-JOINTFORMER_STAGES = ("s0", "s01", "s2", "s02", "s012", "s24", "s024", "s5", "s05", "s015", "s026", "s0126",
-                      "s7", "s07")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """An official checkpoint. ``md5`` is None where the official repository publishes none."""
-
-    name: str
-    model: str
-    url: str
-    md5: str | None = None
-
-
-CHECKPOINTS = {c.name: c for c in [
-    Checkpoint("cutie-base-mega", "cutie-base", f"{CUTIE_RELEASE}/cutie-base-mega.pth",
-               "a6071de6136982e396851903ab4c083a"),
-    Checkpoint("cutie-small-mega", "cutie-small", f"{CUTIE_RELEASE}/cutie-small-mega.pth"),
-    Checkpoint("cutie-base-nomose", "cutie-base", f"{CUTIE_RELEASE}/cutie-base-nomose.pth"),
-    Checkpoint("cutie-small-nomose", "cutie-small", f"{CUTIE_RELEASE}/cutie-small-nomose.pth"),
-    Checkpoint("cutie-base-wmose", "cutie-base", f"{CUTIE_RELEASE}/cutie-base-wmose.pth"),
-    Checkpoint("cutie-small-wmose", "cutie-small", f"{CUTIE_RELEASE}/cutie-small-wmose.pth"),
-    *(Checkpoint(f"jointformer_{stage}", "jointformer", f"{JOINTFORMER_RELEASE}/jointformer_{stage}.pth")
-      for stage in JOINTFORMER_STAGES),
-]}
-
-# The checkpoint a model name loads when no weights are given.
-# JointFormer: the one the official eval.sh uses for DAVIS and YouTube-VOS.
-DEFAULT_CHECKPOINT = {"cutie-small": "cutie-small-mega", "cutie-base": "cutie-base-mega",
-                      "jointformer": "jointformer_s2"}
+from vosrt.runtime.artifacts import file_digest
+from vosrt.runtime.registry import Checkpoint, model_spec
 
 
 def checkpoint_for(model: str, weights: str | Path | None) -> Path:
-    """``weights`` as a path, or the registry's default checkpoint for ``model`` (downloaded if needed)."""
-    return Path(weights) if weights is not None else fetch(CHECKPOINTS[DEFAULT_CHECKPOINT[model]])
+    """``weights`` as a path, or the official default checkpoint of ``model`` (downloaded if needed)."""
+    return Path(weights) if weights is not None else fetch(model_spec(model).default_checkpoint)
 
 
 def cache_dir() -> Path:
@@ -60,25 +25,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VOSRT_CACHE", Path.home() / ".cache" / "vosrt"))
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(checkpoint: Checkpoint, progress: bool = True) -> Path:
     """Path of ``checkpoint`` in the cache, downloading it first if needed (checksum verified)."""
     target = cache_dir() / f"{checkpoint.name}.pth"
-    if target.exists() and (checkpoint.md5 is None or md5sum(target) == checkpoint.md5):
+    if target.exists() and (checkpoint.md5 is None or file_digest(target, "md5") == checkpoint.md5):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as tmp:
         partial = Path(tmp.name)
     try:
         _download(checkpoint.url, partial, progress)
-        if checkpoint.md5 is not None and md5sum(partial) != checkpoint.md5:
+        if checkpoint.md5 is not None and file_digest(partial, "md5") != checkpoint.md5:
             raise OSError(f"checksum mismatch for {checkpoint.url}: the download is corrupt, try again")
         shutil.move(partial, target)
     except OSError as err:

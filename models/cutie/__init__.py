@@ -1,4 +1,2 @@
-"""Cutie: models, configurations and the stage functions the runtime and exporters call."""
-from .model import CONFIGS, Cutie, CutieConfig
-
-__all__ = ["CONFIGS", "Cutie", "CutieConfig"]
+"""Cutie (Cheng et al., CVPR 2024): ``config`` (architecture variants, no torch), ``model`` (the
+network and its stages), ``blocks``, ``resnet``, ``transformer``."""

@@ -6,49 +6,18 @@ inference), K = objects, H x W = padded image size (multiple of 16), h x w = H/1
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import (GConv2d, GroupFeatureFusionBlock, GroupResBlock, MaskUpsampleBlock, SensoryDeepUpdater,
+from vosrt.kernels import topk_readout, topk_usage_reference
+from vosrt.models.common import ImageNormalization, aggregate
+
+from .blocks import (GConv2d, GroupFeatureFusionBlock, MaskUpsampleBlock, SensoryDeepUpdater,
                      SensoryUpdater, area_downsample, fp32_region, per_object)
-from vosrt.kernels import topk_readout
-
+from .config import STRIDE, CutieConfig
 from .resnet import ResNetTrunk
-from .transformer import ObjectSummarizer, QueryTransformer, aggregate
-
-STRIDE = 16  # of the memory features w.r.t. the (padded) image
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class CutieConfig:
-    """Architecture hyper-parameters (official ``cutie/config/model/*.yaml``)."""
-
-    query_encoder: str = "resnet50"
-    ms_dims: tuple[int, int, int] = (1024, 512, 256)
-    mask_encoder: str = "resnet18"
-    key_dim: int = 64
-    value_dim: int = 256
-    sensory_dim: int = 256
-    embed_dim: int = 256
-    num_queries: int = 16
-    num_heads: int = 8
-    ff_dim: int = 2048
-    num_blocks: int = 3
-    up_dims: tuple[int, int, int] = (256, 128, 128)
-    pe_scale: float = 32.0
-    pe_temperature: float = 128.0
-
-
-CONFIGS = {
-    "cutie-small": CutieConfig(query_encoder="resnet18", ms_dims=(256, 128, 64)),
-    "cutie-base": CutieConfig(),
-}
-
+from .transformer import ObjectSummarizer, QueryTransformer
 
 class KeyProjection(nn.Module):
     """Stride-16 feature -> key ``[B, Ck, h, w]``, shrinkage ``[B, 1, h, w]`` (>= 1), selection ``[B, Ck, h, w]``."""
@@ -170,11 +139,7 @@ class Cutie(nn.Module):
         self.object_summarizer = ObjectSummarizer(cfg.value_dim, cfg.embed_dim, cfg.num_queries,
                                                   cfg.pe_scale, cfg.pe_temperature)
         self.aux_computer = _AuxHeads(cfg)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        return (image - self.pixel_mean) / self.pixel_std
+        self.normalize = ImageNormalization()
 
     def encode_image(self, image: torch.Tensor):
         """image ``[B, 3, H, W]`` in [0, 1] -> f8 ``[B, C8, 2h, 2w]``, f4 ``[B, C4, 4h, 4w]`` (skip
@@ -209,6 +174,14 @@ class Cutie(nn.Module):
         last_mask = area_downsample(last_mask, STRIDE)
         fused = self.pixel_fuser(pix_feat, visual, sensory, last_mask)
         return self.object_transformer(fused, obj_memory)
+
+    @staticmethod
+    def memory_usage(key, selection, memory_key, memory_shrinkage, memory_valid, top_k: int,
+                     usage_fn=topk_usage_reference):
+        """How much a readout of one bucket uses each memory token (long-term memory only): inputs as
+        in :meth:`read_memory` -> usage ``[B, N]`` fp32, each token's top-k weight summed over the
+        query pixels. No weights."""
+        return usage_fn(key.flatten(2), selection.flatten(2), memory_key, memory_shrinkage, memory_valid, top_k)
 
     def decode(self, f8, f4, readout, sensory):
         """f8, f4 from :meth:`encode_image`, readout/sensory ``[B, K, C, h, w]`` ->

@@ -5,15 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vosrt.models.common import aggregate
+
 from .blocks import CAResBlock, GConv2d, fp32_region
-
-
-def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:
-    """Soft aggregation: per-object probabilities -> logits with a background channel first."""
-    prob = prob.float()
-    bg = torch.prod(1 - prob, dim=dim, keepdim=True)
-    new_prob = torch.cat([bg, prob], dim).clamp(1e-7, 1 - 1e-7)
-    return torch.log(new_prob / (1 - new_prob))
 
 
 class SinePositionalEncoding(nn.Module):

@@ -1,6 +1,2 @@
-"""JointFormer: the network, its top-K options and the stage functions the runtime calls."""
-from .model import JointFormer, TopKConfig
-
-MODEL_NAME = "jointformer"  # in vosrt.load, the weights registry and export manifests
-
-__all__ = ["MODEL_NAME", "JointFormer", "TopKConfig"]
+"""JointFormer (Zhang et al.): ``topk`` (the top-K options, no torch), ``model`` (the network and
+its stages), ``backbone``, ``vit``, ``conv_stages``, ``decoder``."""

@@ -21,67 +21,24 @@ Stages (the runtime owns all state between them):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
 from vosrt.kernels import topk_joint_attention
-from vosrt.models.cutie.model import IMAGENET_MEAN, IMAGENET_STD
-from vosrt.models.cutie.transformer import aggregate
+from vosrt.models.common import ImageNormalization, aggregate
 
-from .backbone import DEPTHS, ConvViT
+from .backbone import ConvViT
 from .decoder import Decoder
-from .vit import TopK
-
-TOPK_RANGES = ("all_frames", "every_frame")
-TOPK_BLOCKS = ("all_blocks", "last_block", "half", "None")
-
-
-@dataclass(frozen=True)
-class TopKConfig:
-    """The official top-K options (``eval.py``: ``--topk_num``, ``--topk_range``,
-    ``--topk_block``, ``--topk_clstoken``), with its defaults."""
-
-    top_k: int = 30
-    topk_range: str = "all_frames"
-    topk_block: str = "all_blocks"
-    topk_clstoken: bool = False
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.topk_range not in TOPK_RANGES:
-            raise ValueError(f"topk_range must be one of {TOPK_RANGES}, got {self.topk_range!r}")
-        if self.topk_block not in TOPK_BLOCKS:
-            raise ValueError(f"topk_block must be one of {TOPK_BLOCKS}, got {self.topk_block!r}")
-
-    def filtered_blocks(self, depth: int = DEPTHS[2]) -> range:
-        """Indices of the joint blocks that apply the top-K filter."""
-        return {"all_blocks": range(depth), "last_block": range(depth - 1, depth),
-                "half": range(depth // 2, depth), "None": range(0)}[self.topk_block]
-
-    def joint(self, block: int, frame_tokens: int) -> TopK | None:
-        """Filter of joint block ``block`` reading the reference cache (frames of ``frame_tokens``)."""
-        if block not in self.filtered_blocks():
-            return None
-        return TopK(self.top_k, frame_tokens if self.topk_range == "every_frame" else None)
-
-    def summary(self, block: int | None) -> TopK | None:
-        """Filter of the compressed-memory token's attention in joint block ``block``
-        (None: an update block, filtered when any joint block is)."""
-        filtered = bool(self.filtered_blocks()) if block is None else block in self.filtered_blocks()
-        return TopK(self.top_k) if self.topk_clstoken and filtered else None
-
+from .topk import TopKConfig
 
 class JointFormer(nn.Module):
     def __init__(self, update_block_depth: int = 2, enhance_block_depth: int = 1):
         super().__init__()
         self.convmae = ConvViT(update_block_depth, enhance_block_depth)
         self.decoder = Decoder()
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalize = ImageNormalization()
 
     @classmethod
     def for_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> "JointFormer":
@@ -94,9 +51,6 @@ class JointFormer(nn.Module):
     @property
     def num_heads(self) -> int:
         return self.convmae.blocks3[0].attn.num_heads
-
-    def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        return (image - self.pixel_mean) / self.pixel_std
 
     def initial_summary(self, num_objects: int) -> torch.Tensor:
         """Compressed-memory tokens of new objects ``[K, 1, C]`` (the learned ``cls_token``)."""

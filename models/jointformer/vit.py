@@ -17,7 +17,6 @@ head ``[B, Hd, N, D]``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -26,16 +25,9 @@ from torch import nn
 
 from vosrt.kernels import topk_joint_attention
 
+from .topk import TopK
+
 LAYER_NORM_EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class TopK:
-    """Top-K filter of one block: ``k`` kept reference tokens per query and head, over all
-    reference frames together or per frame (``frame_tokens`` = tokens per frame)."""
-
-    k: int
-    frame_tokens: int | None = None
 
 
 class Mlp(nn.Module):

@@ -1,0 +1,4 @@
+"""One backend per runtime (eager torch, ONNX Runtime, TensorRT) behind :class:`~.base.Backend`,
+and CUDA-graph replay as a wrapper around any CUDA backend. No torch import here."""
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")

@@ -1,0 +1,109 @@
+"""TensorRT backend: the engines of an engine directory, run on torch's CUDA stream.
+
+Engines are deserialised once. torch allocates all device memory: inputs are bound by their
+``data_ptr`` and every output goes into a buffer kept per engine and reused while the shapes
+stay the same, so a frame allocates nothing and nothing leaves the GPU. Work is enqueued with
+``execute_async_v3`` on ``torch.cuda.current_stream()``, so it is ordered with the session's
+own torch ops without synchronisation (and can be captured by
+:class:`~vosrt.runtime.backends.cuda_graphs.CudaGraphBackend`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..artifacts import (ENGINE_FORMAT, TensorRTEnvironment, check_compatible, engine_directory, import_tensorrt,
+                         load_constants, read_manifest, register_custom_ops)
+from ..registry import MODELS
+from ..stages import StageSpec
+from .base import Backend
+
+_TORCH_TYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "BOOL": torch.bool,
+                "INT32": torch.int32, "INT64": torch.int64, "INT8": torch.int8, "UINT8": torch.uint8}
+
+
+class Engine:
+    """One deserialised engine with its execution context and reusable output buffers."""
+
+    def __init__(self, trt, engine, name: str, device: torch.device):
+        self.name = name
+        self.device = device
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: _TORCH_TYPES[engine.get_tensor_dtype(n).name] for n in names}
+        self.ranges = {n: engine.get_tensor_profile_shape(n, 0) for n in self.inputs}  # (min, opt, max)
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run on torch's current stream. The outputs are this engine's buffers: valid until its next call."""
+        keep_alive = []  # converted inputs must outlive the enqueue, or their memory could be reused before it
+        for name in self.inputs:
+            x = inputs[name].to(self.dtypes[name]).contiguous()
+            self._check_shape(name, tuple(x.shape))
+            if not self.context.set_input_shape(name, tuple(x.shape)):
+                raise RuntimeError(f"TensorRT refused the shape {list(x.shape)} of {self.name} input {name}")
+            self._bind(name, x)
+            keep_alive.append(x)
+        outputs = {name: self._buffer(name, tuple(self.context.get_tensor_shape(name))) for name in self.outputs}
+        for name, out in outputs.items():
+            self._bind(name, out)
+        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise RuntimeError(f"TensorRT failed to run the {self.name} engine")
+        return outputs
+
+    def _bind(self, name: str, tensor: torch.Tensor) -> None:
+        if not self.context.set_tensor_address(name, tensor.data_ptr()):
+            raise RuntimeError(f"TensorRT refused the address of {self.name} tensor {name}")
+
+    def _check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        low, _, high = (tuple(s) for s in self.ranges[name])
+        if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
+            raise ValueError(f"{self.name} engine: input {name} has shape {list(shape)}, outside the engine's profile "
+                             f"{list(low)}..{list(high)}; rebuild the engines with --max-objects / --resolution / "
+                             "--max-mem-frames covering this video (the resolution is the frame size padded to a "
+                             "multiple of 16)")
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        buffer = self.buffers.get(name)
+        if buffer is None or tuple(buffer.shape) != shape:
+            buffer = self.buffers[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
+        return buffer
+
+
+class TensorRTBackend(Backend):
+    """Runs the engines of ``directory`` (an engine directory, or an ONNX export directory with
+    engines in ``tensorrt/``; see :func:`vosrt.export.tensorrt.build_engines`) on a CUDA device.
+
+    ``environment``: what to check the engines against (default: this machine's TensorRT and
+    GPU); a mismatch raises RuntimeError before any engine is deserialised.
+    """
+
+    def __init__(self, directory: str | Path, device: torch.device | str = "cuda",
+                 environment: TensorRTEnvironment | None = None, *, check_files: bool = True):
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError("backend='tensorrt' runs on an NVIDIA GPU: pass device='cuda'")
+        engine_dir = self.directory = engine_directory(directory)
+        self.manifest = read_manifest(engine_dir, ENGINE_FORMAT, check_files=check_files)
+        trt = import_tensorrt("backend='tensorrt' needs")
+        check_compatible(self.manifest, environment or TensorRTEnvironment.current(self.device), engine_dir)
+        register_custom_ops(self.manifest)
+        self.stages = MODELS[self.manifest["model"]].family.stages
+        self.architecture = self.manifest["architecture"]
+        self.constants = load_constants(engine_dir, self.manifest, self.device)
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engines = {}
+        with torch.cuda.device(self.device):
+            for name, info in self.manifest["engines"].items():
+                engine = self._runtime.deserialize_cuda_engine((engine_dir / info["file"]).read_bytes())
+                if engine is None:
+                    raise RuntimeError(f"TensorRT could not load {engine_dir / info['file']}; rebuild the engines")
+                self.engines[name] = Engine(trt, engine, name, self.device)
+
+    def _run(self, stage: StageSpec, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        outputs = self.engines[stage.name](dict(zip(stage.input_names, inputs)))
+        return [outputs[name] for name in stage.output_names]

@@ -1,0 +1,41 @@
+"""Settings every model's session has. No torch import: the command line turns the fields of
+each model's config dataclass into its options."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """mem_every: memorise every N frames (and every frame with a mask); max_mem_frames: memory
+    frames per bucket, the permanent first frame included; top_k: memory tokens each query
+    reads; max_internal_size: resize frames so the shorter side is at most this (-1: keep)."""
+
+    mem_every: int = 5
+    max_mem_frames: int = 5
+    top_k: int = 30
+    max_internal_size: int = -1
+
+    def __post_init__(self) -> None:
+        for name in ("mem_every", "max_mem_frames", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_options(cls, model: str, options: dict):
+        """The config of ``options``; TypeError naming the options ``cls`` does not have."""
+        valid = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown} for {model}; valid: {valid}")
+        return cls(**options)
+
+    def check_engine_memory(self, engine_max_mem_frames: int, directory) -> None:
+        """ValueError unless engines built for ``engine_max_mem_frames`` hold this session's memory."""
+        if self.max_mem_frames > engine_max_mem_frames:
+            raise ValueError(f"the engines in {directory} hold at most max_mem_frames={engine_max_mem_frames}; "
+                             f"pass max_mem_frames <= {engine_max_mem_frames} or rebuild with --max-mem-frames")
+
+    def export_settings(self) -> dict:
+        """What an export fixes (recorded in its manifest; a session must ask for the same)."""
+        raise NotImplementedError

@@ -1,0 +1,94 @@
+"""Cutie as a model family: its five stages, their top-K formulations, and its session.
+
+Symbols (besides the dynamic ones of :mod:`vosrt.runtime.stages`): ``C`` pixel/embedding
+channels, ``Ck`` key channels, ``Cv`` value channels, ``Cs`` sensory channels, ``Q`` object
+queries, ``C8``/``C4`` skip-feature channels.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Mapping
+
+from torch import nn
+
+from vosrt import kernels
+from vosrt.kernels import custom_ops
+from vosrt.models.cutie.config import VARIANTS, CutieConfig
+from vosrt.models.cutie.model import Cutie
+
+from ..family import Fp16Policy, ModelFamily
+from ..stages import StageSpec, TensorSpec
+from .session import CutieSession
+
+UNIT = (0.0, 1.0)
+IMAGE = TensorSpec("image", (1, 3, "H", "W"), values=UNIT)
+F8, F4 = TensorSpec("f8", (1, "C8", "h8", "w8")), TensorSpec("f4", (1, "C4", "h4", "w4"))
+PIX_FEAT = TensorSpec("pix_feat", (1, "C", "h", "w"))
+KEY, SELECTION = TensorSpec("key", (1, "Ck", "h", "w")), TensorSpec("selection", (1, "Ck", "h", "w"), values=UNIT)
+SENSORY = TensorSpec("sensory", (1, "K", "Cs", "h", "w"))
+MEMORY = (TensorSpec("memory_key", (1, "Ck", "N"), memory=True),
+          TensorSpec("memory_shrinkage", (1, 1, "N"), values=(1.0, 2.0), memory=True))
+MEMORY_VALUE = TensorSpec("memory_value", (1, "K", "Cv", "N"), memory=True)
+MEMORY_VALID = TensorSpec("memory_valid", (1, "N"), dtype="bool", memory=True)
+READOUT = TensorSpec("readout", (1, "K", "C", "h", "w"))
+
+STAGES = {stage.name: stage for stage in (
+    StageSpec("image_encoder", "encode_image", (IMAGE,),
+              (F8, F4, PIX_FEAT, KEY, TensorSpec("shrinkage", (1, 1, "h", "w")), SELECTION)),
+    StageSpec("mask_encoder", "encode_mask", (IMAGE, PIX_FEAT, SENSORY, TensorSpec("masks", (1, "K", "H", "W"), values=UNIT)),
+              (TensorSpec("mask_value", (1, "K", "Cv", "h", "w")), TensorSpec("new_sensory", SENSORY.shape),
+               TensorSpec("obj_summaries", (1, "K", "Q", "C+1")))),
+    StageSpec("memory_readout", "read_memory",
+              (KEY, SELECTION, PIX_FEAT, *MEMORY, MEMORY_VALUE, MEMORY_VALID, SENSORY,
+               TensorSpec("last_mask", (1, "K", "H", "W"), values=UNIT),
+               TensorSpec("obj_memory", (1, "K", "Q", "C+1"), values=UNIT)),
+              (READOUT,), selects_top_k=True),
+    StageSpec("memory_usage", "memory_usage", (KEY, SELECTION, *MEMORY, MEMORY_VALID),
+              (TensorSpec("memory_usage", (1, "N")),), selects_top_k=True),
+    StageSpec("mask_decoder", "decode", (F8, F4, READOUT, SENSORY),
+              (TensorSpec("new_sensory", SENSORY.shape), TensorSpec("prob", (1, "K+1", "H", "W")))),
+)}
+
+# (readout, usage) per formulation. Usage has no custom op: the usage graph stays standard ops.
+_TOPK = {
+    "eager": (kernels.topk_readout, kernels.topk_usage_reference),
+    "graph": (kernels.topk_readout_gather, kernels.topk_usage_scatter),
+    "reference": (kernels.topk_readout_reference, kernels.topk_usage_reference),
+    "custom_ops": (custom_ops.topk_readout_op, kernels.topk_usage_scatter),
+}
+
+
+class CutieFamily(ModelFamily):
+    name = "cutie"
+    stages = STAGES
+    session_type = CutieSession
+    # The whole query-memory similarity stays fp32: its -|m|^2 + 2 m.q - |q|^2 terms cancel badly in fp16.
+    fp16_policy = Fp16Policy(roots=("TopK",))
+    torch_fp16 = True
+
+    def build_network(self, variant: str, state_dict=None) -> nn.Module:
+        return Cutie(VARIANTS[variant])
+
+    def network_for(self, architecture: Mapping[str, Any]) -> nn.Module:
+        return Cutie(CutieConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in architecture.items()}))
+
+    def architecture(self, network: Cutie) -> dict:
+        return asdict(network.cfg)
+
+    def sizes(self, architecture: Mapping[str, Any]) -> dict[str, int]:
+        a = architecture
+        return {"C": a["embed_dim"], "C+1": a["embed_dim"] + 1, "Ck": a["key_dim"], "Cv": a["value_dim"],
+                "Cs": a["sensory_dim"], "Q": a["num_queries"], "C8": a["ms_dims"][1], "C4": a["ms_dims"][2]}
+
+    def stage_options(self, settings: Mapping[str, Any], formulation: str) -> dict[str, dict]:
+        readout, usage = _TOPK[formulation]
+        top_k = settings["top_k"]
+        return {"memory_readout": {"top_k": top_k, "readout_fn": readout},
+                "memory_usage": {"top_k": top_k, "usage_fn": usage}}
+
+    def memory_frames(self, max_mem_frames: int) -> int:
+        return max_mem_frames
+
+
+
+FAMILY = CutieFamily()

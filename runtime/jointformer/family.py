@@ -1,0 +1,95 @@
+"""JointFormer as a model family: its four stages, the top-K formulations of the joint blocks,
+and its session.
+
+Symbols (besides the dynamic ones of :mod:`vosrt.runtime.stages`): ``Dm`` token channels,
+``L`` joint blocks, ``Hd`` heads of ``D`` channels, ``C8``/``C4`` skip-feature channels.
+The per-block reference keys/values (``[L, K, Hd, M, D]``) are what the session caches.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from vosrt import kernels
+from vosrt.kernels import custom_ops
+from vosrt.models.jointformer.model import JointFormer
+from vosrt.models.jointformer.topk import TopKConfig
+
+from ..family import Fp16Policy, ModelFamily
+from ..stages import StageSpec, TensorSpec
+from .reference_cache import ReferenceCache
+from .session import JointFormerSession
+
+IMAGE = TensorSpec("image", (1, 3, "H", "W"), values=(0.0, 1.0))
+F8, F4 = TensorSpec("f8", (1, "C8", "h8", "w8")), TensorSpec("f4", (1, "C4", "h4", "w4"))
+TOKENS = TensorSpec("tokens", (1, "hw", "Dm"))
+SUMMARY = TensorSpec("summary", ("K", 1, "Dm"))
+CACHE = ("L", "K", "Hd", "M", "D")
+
+STAGES = {stage.name: stage for stage in (
+    StageSpec("query_encoder", "encode_query", (IMAGE,), (F8, F4, TOKENS)),
+    StageSpec("reference_encoder", "encode_reference",
+              (IMAGE, TensorSpec("masks", ("K", "H", "W"), values=(0.0, 1.0)), SUMMARY),
+              (TensorSpec("ref_keys", ("L", "K", "Hd", "hw", "D")), TensorSpec("ref_values", ("L", "K", "Hd", "hw", "D")),
+               TensorSpec("new_summary", SUMMARY.shape))),
+    StageSpec("joint_propagation", "propagate",
+              (TOKENS, TensorSpec("ref_keys", CACHE, memory=True), TensorSpec("ref_values", CACHE, memory=True),
+               TensorSpec("ref_valid", ("K", "M"), dtype="bool", memory=True)),
+              (TensorSpec("f16", ("K", "hw", "Dm")),), selects_top_k=True),
+    StageSpec("decoder", "decode", (TensorSpec("f16", ("K", "hw", "Dm")), F8, F4, SUMMARY),
+              (TensorSpec("prob", ("K+1", "H", "W")), TensorSpec("new_summary", SUMMARY.shape))),
+)}
+
+_ATTENTION = {"eager": kernels.topk_joint_attention, "graph": kernels.topk_joint_attention,
+              "reference": kernels.topk_joint_attention_reference, "custom_ops": custom_ops.topk_joint_attention_op}
+
+
+class JointFormerFamily(ModelFamily):
+    name = "jointformer"
+    stages = STAGES
+    session_type = JointFormerSession
+    # Every attention's scores from their q.k MatMul on (the top-K and the softmax over [current-frame ;
+    # kept reference] scores), and the soft aggregation from the decoder's last conv on; q, k and the
+    # layers before them run in fp16.
+    fp16_policy = Fp16Policy(roots=("TopK", "Softmax"), stop_at=("MatMul", "Gemm", "Conv", "Shape"))
+
+    def build_network(self, variant: str, state_dict=None) -> nn.Module:
+        return JointFormer.for_state_dict(state_dict) if state_dict is not None else JointFormer()
+
+    def network_for(self, architecture: Mapping[str, Any]) -> nn.Module:
+        return JointFormer(**architecture)
+
+    def architecture(self, network: JointFormer) -> dict:
+        """The block depths, read from the checkpoint."""
+        return {"update_block_depth": len(network.convmae.blocks4),
+                "enhance_block_depth": len(network.convmae.blocks5)}
+
+    def sizes(self, architecture: Mapping[str, Any]) -> dict[str, int]:
+        return {"Dm": 768, "L": 11, "Hd": 12, "D": 64, "C8": 384, "C4": 256}
+
+    def stage_options(self, settings: Mapping[str, Any], formulation: str) -> dict[str, dict]:
+        topk = TopKConfig(**settings)
+        return {"reference_encoder": {"topk": topk}, "decoder": {"topk": topk},
+                "joint_propagation": {"topk": topk, "attention": _ATTENTION[formulation]}}
+
+    def memory_frames(self, max_mem_frames: int) -> int:
+        """The reference-cache slots, the ``include_last`` slot counted."""
+        return ReferenceCache.slot_count(max_mem_frames, include_last=True)
+
+
+    def constants(self, network: JointFormer) -> dict[str, torch.Tensor]:
+        """The compressed-memory token of a new object ``[1, 1, Dm]`` (the learned ``cls_token``)."""
+        return {"initial_summary": network.initial_summary(1).detach()}
+
+    def check_export(self, settings: Mapping[str, Any], custom_ops: bool) -> None:
+        topk = TopKConfig(**settings)
+        if topk.topk_range != "all_frames":
+            raise ValueError("JointFormer exports with topk_range='all_frames' only in this version")
+        if custom_ops and not topk.filtered_blocks():
+            raise ValueError("--custom-ops makes each top-K filtered joint block one node, and topk_block='None' "
+                             "filters none: export without --custom-ops")
+
+
+FAMILY = JointFormerFamily()

@@ -1,0 +1,1 @@
+"""Stand-ins for what this machine lacks (TensorRT, a GPU), in one place."""

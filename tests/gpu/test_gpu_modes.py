@@ -1,0 +1,76 @@
+"""The torch backend's GPU modes: CUDA-graph replay, fp16 autocast, the official AMP.
+
+All of these need an NVIDIA GPU and skip without one; the CPU errors for these options are
+tested in test_engine.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vosrt
+from fakes.backends import ArithmeticBackend
+from helpers import (GOLDEN_CONFIG, GPU_MAX_DPROB, JOINTFORMER_GOLDEN_CONFIG, assert_golden, davis_label_maps,
+                     mean_iou, run_golden_clip)
+from vosrt.runtime.backends.cuda_graphs import CudaGraphBackend
+
+pytestmark = pytest.mark.gpu
+
+
+def test_cuda_graphs_reproduce_official_outputs(seeded_weights):
+    session = vosrt.load("cutie-small", weights=seeded_weights("cutie-small"), device="cuda", cuda_graph=True,
+                         **GOLDEN_CONFIG)
+    assert_golden(run_golden_clip(session, "cutie-small"), GPU_MAX_DPROB, ignore_ties=True)
+    captured = session.backend.captured
+    assert captured and all(c is not None for c in captured.values())  # every stage ran as a graph
+
+
+def test_jointformer_cuda_graphs_reproduce_official_outputs(seeded_weights):
+    session = vosrt.load("jointformer", weights=seeded_weights("jointformer"), device="cuda", cuda_graph=True,
+                         **JOINTFORMER_GOLDEN_CONFIG)
+    assert_golden(run_golden_clip(session, "jointformer", num_frames=20), GPU_MAX_DPROB)
+    assert session.backend.captured and all(c is not None for c in session.backend.captured.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", ["judo", "bike"])
+@pytest.mark.parametrize("mode", [dict(fp16=True, cuda_graph=True), dict(amp=True)])
+def test_fp16_modes_match_fp32_eager_on_real_clips(seeded_weights, clip, mode):
+    weights = seeded_weights("cutie-small")
+    reference = davis_label_maps(vosrt.load("cutie-small", weights=weights, device="cuda"), clip)
+    fast = davis_label_maps(vosrt.load("cutie-small", weights=weights, device="cuda", **mode), clip)
+    ious = [mean_iou(a, b) for a, b in zip(fast, reference)]
+    print(f"{clip} {mode}: per-frame mIoU vs fp32 eager min {min(ious):.4f} mean {np.mean(ious):.4f}")
+    assert min(ious) >= 0.97
+
+
+def test_memory_inputs_are_read_in_place_and_keyed_by_address():
+    graphs = CudaGraphBackend(ArithmeticBackend("cuda"))
+    x, memory = torch.rand(4, device="cuda"), torch.rand(4, device="cuda")
+    torch.testing.assert_close(graphs.run("read", x=x, memory=memory)["y"], x + memory)
+    memory.add_(1)  # the session updates its memory buffers in place between frames
+    torch.testing.assert_close(graphs.run("read", x=x, memory=memory)["y"], x + memory)  # replayed, no copy
+    (captured,) = graphs.captured.values()
+    assert list(captured.copied) == [0]
+    other = memory.clone()  # new buffers (objects added): a new graph
+    torch.testing.assert_close(graphs.run("read", x=x, memory=other)["y"], x + other)
+    assert len(graphs.captured) == 2
+
+
+def test_shapes_get_their_own_graph_and_replay():
+    graphs = CudaGraphBackend(ArithmeticBackend("cuda"))
+    for shape in ((2, 3), (2, 3), (4, 5), (2, 3)):
+        x = torch.rand(shape, device="cuda")
+        torch.testing.assert_close(graphs.run("double", x=x)["y"], x * 2)
+    assert len(graphs.captured) == 2
+    assert graphs.inner.calls == 2 * (graphs.warmup + 1)  # warm-up and capture only; replays skip Python
+
+
+def test_failed_capture_falls_back_to_eager():
+    graphs = CudaGraphBackend(ArithmeticBackend("cuda", host_sync=True))
+    x = torch.rand(3, device="cuda")
+    with pytest.warns(RuntimeWarning, match="CUDA-graph capture of double failed, running it eagerly"):
+        torch.testing.assert_close(graphs.run("double", x=x)["y"], x * 2)
+    torch.testing.assert_close(graphs.run("double", x=x + 1)["y"], (x + 1) * 2)  # eager now, no second attempt
+    assert list(graphs.captured.values()) == [None]

@@ -1,0 +1,136 @@
+"""``vosrt bench``: report structure, timing wrapper, skipped backends, argument errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from fakes.backends import ArithmeticBackend
+from vosrt.bench import measure
+from vosrt.bench.clip import synthetic_clip
+from vosrt.bench.settings import BENCH_BACKENDS, BenchBackend, BenchSettings
+from vosrt.cli import main
+from vosrt.cli.options import parse_counts, parse_resolution
+
+
+def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
+    report_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    argv = ["bench", "cutie-small", "--backends", "torch,onnxruntime,tensorrt,torch-amp", "--resolution", "64x96",
+            "--objects", "1,2", "--frames", "2", "--warmup", "2", "--json", str(report_path), "--plot", str(plot_path)]
+    assert main(argv) == 0
+    report = json.loads(report_path.read_text())
+    assert report["command"].startswith("vosrt bench cutie-small --backends torch,onnxruntime")
+    assert report["model"] == "cutie-small" and report["resolution"] == [64, 96]
+    assert report["weights"].startswith("random")
+    assert set(report["skipped"]) == {"tensorrt", "torch-amp"}  # this CPU machine: no CUDA
+    assert "needs CUDA" in report["skipped"]["torch-amp"]
+    runs = report["runs"]
+    assert [(r["backend"], r["objects"], r["memory_frames"]) for r in runs] == [
+        ("torch", 1, 5), ("torch", 2, 5), ("onnxruntime", 1, 5), ("onnxruntime", 2, 5)]
+    for r in runs:
+        assert r["frames"] == 2
+        assert 0 < r["latency_ms"]["median"] <= r["latency_ms"]["p90"]
+        assert r["fps"] == pytest.approx(2000 / (2 * r["latency_ms"]["mean"]), rel=0.01)
+        assert {"image_encoder", "memory_readout", "mask_decoder"} <= set(r["graphs"])
+        assert r["graphs"]["image_encoder"]["calls_per_frame"] == 1
+        assert r["peak_host_mb"] > 0 and r["peak_device_mb"] is None
+        in_graphs = sum(g["mean"] * g["calls_per_frame"] for g in r["graphs"].values())
+        assert in_graphs <= r["latency_ms"]["mean"] * 1.01
+    assert [r["speedup_vs_torch"] for r in runs[:2]] == [1.0, 1.0]
+    for torch_run, ort_run in zip(runs[:2], runs[2:]):
+        expected = torch_run["latency_ms"]["median"] / ort_run["latency_ms"]["median"]
+        assert ort_run["speedup_vs_torch"] == pytest.approx(expected, rel=1e-2)
+    with Image.open(plot_path) as image:
+        assert image.format == "PNG" and image.width > 600
+    out = capsys.readouterr().out
+    assert "tensorrt: skipped (" in out and "torch-amp: skipped (needs CUDA" in out
+    assert out.count("\ntorch ") == 2 and out.count("\nonnxruntime ") == 2
+
+
+def test_bench_cli_runs_jointformer_on_torch_and_onnxruntime(tmp_path):
+    report_path = tmp_path / "bench.json"
+    argv = ["bench", "jointformer", "--backends", "torch,onnxruntime,tensorrt", "--resolution", "64x96", "--frames",
+            "1", "--warmup", "1", "--top-k", "8", "--no-include-last", "--json", str(report_path)]
+    assert main(argv) == 0
+    report = json.loads(report_path.read_text())
+    assert report["model"] == "jointformer" and list(report["skipped"]) == ["tensorrt"]  # this CPU machine
+    options = report["options"]  # JointFormer's own settings and defaults
+    assert options.pop("max_mem_frames") == "memory_frames of each run"
+    assert options == {"mem_every": 5, "include_last": False, "top_k": 8, "topk_range": "all_frames",
+                       "topk_block": "all_blocks", "topk_clstoken": False, "max_internal_size": -1}
+    runs = report["runs"]
+    assert [(r["backend"], r["objects"], r["memory_frames"]) for r in runs] == [("torch", 1, 5), ("onnxruntime", 1, 5)]
+    for r in runs:
+        assert r["frames"] == 1 and r["latency_ms"]["median"] > 0
+        assert r["graphs"]["query_encoder"]["calls_per_frame"] == 1
+        assert r["graphs"]["joint_propagation"]["calls_per_frame"] == 1  # one bucket: the object entered on frame 0
+
+
+def test_timed_backend_records_every_call_and_returns_its_result():
+    timed = measure.TimedBackend(ArithmeticBackend())
+    x = torch.ones(2)
+    assert torch.equal(timed.run("double", x=x)["y"], 2 * x)
+    timed.run("double", x=x)
+    assert timed.architecture == {"size": 1} and timed.stages is timed.inner.stages
+    assert {name: len(times) for name, times in timed.calls.items()} == {"double": 2}
+    assert all(t >= 0 for t in timed.calls["double"])
+
+
+def test_unavailable_backends_say_why():
+    assert BENCH_BACKENDS["torch"].unavailable_reason("cpu") is None
+    assert BENCH_BACKENDS["torch-amp"].unavailable_reason("cpu") == "needs CUDA (--device cuda)"
+    missing = BenchBackend("x", "torch", modules=("vosrt_no_such_module",))
+    assert missing.unavailable_reason("cpu") == "vosrt_no_such_module not installed"
+    assert BenchBackend("y", "no-such-runtime").unavailable_reason("cpu") == "not supported by this vosrt version"
+    engines = BenchBackend("z", "torch", needs_engines=True)
+    assert engines.unavailable_reason("cpu").startswith("needs --engine-dir")
+    assert engines.unavailable_reason("cpu", engine_dir="engines") is None
+
+
+def test_synthetic_clip_has_the_objects_and_size():
+    images, mask = synthetic_clip((48, 80), objects=3, frames=4, seed=1)
+    assert len(images) == 4 and images[0].shape == (48, 80, 3) and images[0].dtype.name == "uint8"
+    assert set(mask.flat) == {0, 1, 2, 3}
+    assert not (images[0] == images[3]).all()  # the discs move
+
+
+def test_count_and_resolution_parsing():
+    assert parse_counts("1..3,8") == [1, 2, 3, 8]
+    assert parse_counts("3,1,3") == [1, 3]
+    assert parse_resolution("480x854") == (480, 854)
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        parse_resolution("480")
+    with pytest.raises(ValueError, match="range such as 1..5"):
+        parse_counts("a..b")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backends", "torch,warp"], "unknown backend(s) warp"),
+    (["--backends", "tensorrt"], "no backend can run here: tensorrt:"),
+    (["--objects", "0"], "objects and memory frames must be >= 1"),
+    (["--json", "/nonexistent/folder/b.json"], "folder not found for /nonexistent/folder/b.json"),
+])
+def test_bench_errors_are_one_line(extra, message, capsys):
+    assert main(["bench", "cutie-small", "--resolution", "32x32", "--frames", "1", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vosrt bench: error: ") and message in err[0], err
+
+
+def test_a_backend_that_fails_to_load_is_skipped_with_the_reason(monkeypatch):
+    real_load = measure.load
+    cache_before = os.environ.get("VOSRT_CACHE")
+
+    def load(name, weights, *, backend, **options):
+        if backend == "onnxruntime":
+            raise RuntimeError("device='cuda' needs onnxruntime-gpu\nsecond line")
+        return real_load(name, weights, backend=backend, **options)
+
+    monkeypatch.setattr(measure, "load", load)
+    report = measure.run_benchmark(BenchSettings("cutie-small", ["torch", "onnxruntime"], resolution=(32, 48),
+                                                 frames=1, warmup=1))
+    assert report["skipped"] == {"onnxruntime": "cannot load: device='cuda' needs onnxruntime-gpu"}
+    assert [r["backend"] for r in report["runs"]] == ["torch"]
+    assert os.environ.get("VOSRT_CACHE") == cache_before  # the temporary cache of random weights is gone

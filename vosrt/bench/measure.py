@@ -1,0 +1,244 @@
+"""``vosrt bench``'s measurements: every backend runs the same frames through the ordinary
+session, whose backend is wrapped to time each stage call (:class:`TimedBackend`). Results are
+a list of :class:`Run` (one per backend x object count x memory size)."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import importlib
+import importlib.util
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vosrt.api import load, resolve_device
+from vosrt.runtime.artifacts import vosrt_version
+from vosrt.runtime.backends.base import Backend, BackendWrapper
+from vosrt.runtime.registry import MODELS
+from vosrt.runtime.session import Session
+from vosrt.runtime.stages import StageSpec
+
+from .clip import synthetic_clip
+from .settings import BENCH_BACKENDS, REFERENCE_BACKEND, BenchBackend, BenchSettings
+
+
+class TimedBackend(BackendWrapper):
+    """Records the wall time of every stage call of ``inner`` (synchronising the GPU around
+    it), without changing what the calls return."""
+
+    def __init__(self, inner: Backend):
+        super().__init__(inner)
+        self.calls: dict[str, list[float]] = {}
+
+    def _run(self, stage: StageSpec, inputs: list[torch.Tensor]):
+        synchronize(self.device)
+        start = time.perf_counter()
+        outputs = self.inner._run(stage, inputs)
+        synchronize(self.device)
+        self.calls.setdefault(stage.name, []).append(time.perf_counter() - start)
+        return outputs
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- memory --------------------------------------------------------------------------------
+
+class HostPeakMemory:
+    """Peak resident memory of this process. On Linux the peak is reset before each run
+    (``/proc/self/clear_refs``), after freed heap memory is handed back to the system, so
+    that earlier runs do not count; elsewhere it is the process's peak so far."""
+
+    def reset(self) -> None:
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed memory resident otherwise
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak_mb(self) -> float:
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
+
+
+@dataclass
+class Run:
+    """One measurement. Latencies in ms over the timed frames; ``graphs``: per stage, the
+    median, p90 and mean ms of one call and the calls per frame; ``outside_graphs_ms``: mean
+    frame time not spent in stage calls."""
+
+    backend: str
+    objects: int
+    memory_frames: int
+    frames: int
+    latency_ms: dict[str, float]
+    fps: float
+    graphs: dict[str, dict[str, float]]
+    outside_graphs_ms: float  # mean per frame: pre/post-processing and memory bookkeeping
+    peak_host_mb: float
+    peak_device_mb: float | None
+    load_s: float
+    speedup_vs_torch: float | None = None
+
+
+def run_benchmark(settings: BenchSettings) -> dict:
+    """Run every available backend over the grid of object counts and memory sizes.
+
+    A backend that cannot run here, or fails to load, is skipped with the reason.
+    Returns the report: settings, environment, ``skipped`` (backend -> reason) and ``runs``
+    (:class:`Run` as dicts), with each run's speed-up over eager fp32 torch of the same
+    configuration when torch was benchmarked too.
+    """
+    device = resolve_device(settings.device)
+    environment = _environment(device)
+    skipped = {name: reason for name in settings.backends
+               if (reason := BENCH_BACKENDS[name].unavailable_reason(device.type, settings.engine_dir))}
+    backends = [BENCH_BACKENDS[name] for name in settings.backends if name not in skipped]
+    if not backends:
+        raise RuntimeError("no backend can run here: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
+    clips = {k: synthetic_clip(settings.resolution, k, settings.warmup + settings.frames, settings.seed)
+             for k in settings.objects}
+    runs: list[Run] = []
+    total_frames = len(backends) * len(settings.memory_frames) * len(clips) * (settings.warmup + settings.frames)
+    with _weights_file(settings) as weights, tqdm(total=total_frames, unit="frame", desc="bench") as bar:
+        for backend in backends:
+            for memory_frames in settings.memory_frames:
+                bar.set_description(f"bench {backend.name} T={memory_frames} (loading)")
+                started = time.perf_counter()
+                try:
+                    session = _make_session(settings, backend, weights, memory_frames, device)
+                except (ValueError, RuntimeError, ImportError) as err:  # e.g. no GPU provider, engines too small
+                    skipped[backend.name] = f"cannot load: {str(err).splitlines()[0]}"
+                    break
+                load_s = time.perf_counter() - started
+                for objects, (images, mask) in clips.items():
+                    bar.set_description(f"bench {backend.name} T={memory_frames} objects={objects}")
+                    runs.append(_measure(session, backend.name, objects, memory_frames, images, mask,
+                                         settings.warmup, load_s, bar))
+                del session  # before the next one is loaded
+    if not runs:
+        raise RuntimeError("no backend ran: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
+    _add_speedups(runs)
+    return {
+        "vosrt_version": vosrt_version(), "model": settings.model,
+        "weights": settings.weights or f"random (the model's own initialisation, seed {settings.seed})",
+        "resolution": list(settings.resolution), "frames": settings.frames, "warmup": settings.warmup,
+        "options": (asdict(MODELS[settings.model].config_type(**settings.options))
+                    | {"max_mem_frames": "memory_frames of each run"}),
+        "environment": environment | _load_average("end"),
+        "skipped": skipped, "runs": [asdict(r) for r in runs],
+    }
+
+
+@contextlib.contextmanager
+def _weights_file(settings: BenchSettings) -> Iterator[str]:
+    """The checkpoint to load: the given one, or random weights saved to a temporary folder
+    that also serves as the cache for exported graphs (removed afterwards)."""
+    if settings.weights is not None:
+        yield settings.weights
+        return
+    torch.manual_seed(settings.seed)
+    with tempfile.TemporaryDirectory(prefix="vosrt-bench-") as folder:
+        path = Path(folder) / f"{settings.model}-random-seed{settings.seed}.pth"
+        spec = MODELS[settings.model]
+        network = spec.family.build_network(spec.variant)
+        torch.save(network.state_dict(), path)
+        del network  # not kept in memory while the backends run
+        saved = os.environ.get("VOSRT_CACHE")
+        os.environ["VOSRT_CACHE"] = folder
+        try:
+            yield str(path)
+        finally:
+            if saved is None:
+                del os.environ["VOSRT_CACHE"]
+            else:
+                os.environ["VOSRT_CACHE"] = saved
+
+
+def _make_session(settings: BenchSettings, backend: BenchBackend, weights: str, memory_frames: int,
+                  device: torch.device) -> Session:
+    options = settings.options | {"max_mem_frames": memory_frames}
+    export_dir = settings.engine_dir if backend.needs_engines else None
+    return load(settings.model, weights, backend=backend.runtime, device=str(device), amp=backend.amp,
+                export_dir=export_dir, **options)
+
+
+def _measure(session: Session, backend: str, objects: int, memory_frames: int, images: list[np.ndarray],
+             mask: np.ndarray, warmup: int, load_s: float, bar: tqdm) -> Run:
+    """Warm-up frames (the first one with the mask), then the timed frames."""
+    session.reset()
+    timed = session.backend = TimedBackend(session.backend)
+    device, host = timed.device, HostPeakMemory()
+    host.reset()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    latencies = []
+    try:
+        for index, image in enumerate(images):
+            if index == warmup:
+                timed.calls.clear()
+            synchronize(device)
+            start = time.perf_counter()
+            session.step(image, mask if index == 0 else None)
+            synchronize(device)
+            if index >= warmup:
+                latencies.append((time.perf_counter() - start) * 1000)
+            bar.update()
+    finally:
+        session.backend = timed.inner
+    frames = len(latencies)
+    in_graphs_ms = sum(sum(calls) for calls in timed.calls.values()) * 1000 / frames
+    return Run(backend=backend, objects=objects, memory_frames=memory_frames, frames=frames,
+               latency_ms=_summary(latencies), fps=float(f"{1000 * frames / sum(latencies):.4g}"),
+               graphs={name: _summary([t * 1000 for t in calls]) | {"calls_per_frame": round(len(calls) / frames, 3)}
+                       for name, calls in timed.calls.items()},
+               outside_graphs_ms=round(statistics.fmean(latencies) - in_graphs_ms, 2),
+               peak_host_mb=round(host.peak_mb(), 1),
+               peak_device_mb=round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+               load_s=round(load_s, 2))
+
+
+def _summary(ms: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(ms), 2), "p90": round(float(np.percentile(ms, 90)), 2),
+            "mean": round(statistics.fmean(ms), 2)}
+
+
+def _add_speedups(runs: list[Run]) -> None:
+    """Median latency of eager torch / of the run, for the same objects and memory size."""
+    reference = {(r.objects, r.memory_frames): r.latency_ms["median"] for r in runs if r.backend == REFERENCE_BACKEND}
+    for r in runs:
+        base = reference.get((r.objects, r.memory_frames))
+        r.speedup_vs_torch = round(base / r.latency_ms["median"], 3) if base else None
+
+
+def _environment(device: torch.device) -> dict:
+    env = {"device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    for module in ("onnxruntime", "tensorrt"):
+        if importlib.util.find_spec(module) is not None:
+            env[module] = importlib.import_module(module).__version__
+    return env | _load_average("start")
+
+
+def _load_average(when: str) -> dict[str, float]:
+    """The 1-minute load average: other work on the machine slows every backend, unevenly."""
+    return {f"load_average_1min_at_{when}": round(os.getloadavg()[0], 2)} if hasattr(os, "getloadavg") else {}

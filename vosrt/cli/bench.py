@@ -1,0 +1,65 @@
+"""``vosrt bench``: latency of backends on a synthetic clip, per stage and end to end."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from vosrt.bench.settings import BENCH_BACKENDS, BenchSettings
+from vosrt.runtime.registry import MODEL_NAMES
+
+from .options import FLAGS, add_inference_options, argument, inference_options, parse_counts, parse_resolution, \
+    write_text_atomically
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="latency of backends: per stage and end to end, table, JSON and plot",
+                       description="Time each backend on a synthetic clip (discs moving over a smooth background): "
+                                   "warm-up frames (the first with the mask), then per-stage and end-to-end latency "
+                                   "(median, p90), FPS, peak host (and CUDA) memory and the speed-up over eager fp32 "
+                                   "torch in the same run, for every object count and memory size. Backends that "
+                                   "cannot run here are reported as skipped with the reason.")
+    p.add_argument("model", choices=MODEL_NAMES)
+    p.add_argument("--backends", default="torch,onnxruntime",
+                   help=f"comma-separated, from {', '.join(BENCH_BACKENDS)} (default: torch,onnxruntime)")
+    p.add_argument("--resolution", type=argument(parse_resolution), default=(480, 854),
+                   help="HEIGHTxWIDTH of the frames (default 480x854)")
+    p.add_argument("--objects", type=argument(parse_counts), default=[1],
+                   help="object counts, e.g. 1,3 or 1..4 (default 1)")
+    p.add_argument("--memory-frames", type=argument(parse_counts),
+                   help="memory sizes (max_mem_frames), e.g. 1..10 (default: the model's max_mem_frames)")
+    p.add_argument("--frames", type=int, default=10, help="timed frames per configuration (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed frames first, the mask frame included (default 2)")
+    p.add_argument("--weights", help="checkpoint file (default: random weights; the timing does not depend on them)")
+    p.add_argument("--engine-dir", help="tensorrt: a directory built by export-engine on this GPU")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the clip")
+    p.add_argument("--json", help="write the report as JSON here")
+    p.add_argument("--plot", help="write a PNG plot of latency vs memory frames and vs objects here (needs matplotlib)")
+    add_inference_options(p, set(FLAGS) - {"max_mem_frames"})
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from vosrt.bench import report
+    from vosrt.bench.measure import run_benchmark
+
+    if args.plot:
+        report.require_matplotlib()
+    for path in filter(None, (args.json, args.plot)):
+        if not Path(path).resolve().parent.is_dir():
+            raise FileNotFoundError(f"folder not found for {path}")
+    settings = BenchSettings(
+        model=args.model, backends=[b.strip() for b in args.backends.split(",") if b.strip()],
+        resolution=args.resolution, objects=args.objects, memory_frames=args.memory_frames, frames=args.frames,
+        warmup=args.warmup, weights=args.weights, engine_dir=args.engine_dir, device=args.device, seed=args.seed,
+        options=inference_options(args))
+    results = {"command": shlex.join(["vosrt", *args.argv])} | run_benchmark(settings)
+    print(report.format_table(results))
+    if args.json:
+        write_text_atomically(Path(args.json), json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        report.plot(results, args.plot)
+        print(f"wrote {args.plot}")

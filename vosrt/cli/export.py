@@ -1,0 +1,101 @@
+"""``export-engine`` (also ``vosrt export``): ONNX graphs of a model, then TensorRT engines."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vosrt.export.profile import DEFAULT_MAX_OBJECTS, DEFAULT_RESOLUTION, SMALL_WORKSPACE_MIB, WORKSPACE_MIB
+from vosrt.runtime.registry import MODEL_NAMES, MODELS
+
+from .options import add_inference_options, argument, inference_options, parse_resolution
+
+# Settings an export fixes (top_k, JointFormer's top-K options) and the memory size it records.
+EXPORT_FIELDS = ("max_mem_frames", "top_k", "topk_range", "topk_block", "topk_clstoken")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", choices=MODEL_NAMES, help="the model to export (not with --from-onnx)")
+    p.add_argument("--weights", help="checkpoint file (default: download the official one)")
+    p.add_argument("--format", choices=("onnx", "engine"), default="engine",
+                   help="engine: ONNX graphs, then TensorRT engines in <output>/tensorrt (needs TensorRT and an "
+                        "NVIDIA GPU; without them the ONNX graphs are kept and the trtexec commands printed); "
+                        "onnx: graphs only")
+    p.add_argument("--fp16", action="store_true", help="fp16 graphs (similarity, softmax and normalisations stay fp32)")
+    p.add_argument("--custom-ops", action="store_true",
+                   help="export Cutie's top-k readout as one vosrt::TopKReadout node, JointFormer's top-K filtered "
+                        "joint attention as one vosrt::TopKJointAttention node per block (ONNX Runtime: "
+                        "onnxruntime-extensions on the CPU; TensorRT: the Triton kernels as plugins) instead of "
+                        "standard ONNX ops")
+    p.add_argument("--output", help="output directory (default: ./<model>-<precision>; with --from-onnx: the engine "
+                                    "directory, default DIR/tensorrt)")
+    p.add_argument("--opset", type=int, default=17)
+    group = p.add_argument_group("TensorRT engines")
+    group.add_argument("--from-onnx", metavar="DIR", help="build engines from this ONNX export (e.g. on a Jetson)")
+    group.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS,
+                       help=f"most objects per graph call the engines accept (default {DEFAULT_MAX_OBJECTS})")
+    group.add_argument("--resolution", type=argument(parse_resolution), default=DEFAULT_RESOLUTION,
+                       help="HEIGHTxWIDTH of the frames the engines run (after --max-internal-size resizing; "
+                            "padded to multiples of 16; default %dx%d)" % DEFAULT_RESOLUTION)
+    group.add_argument("--workspace", type=int, metavar="MIB",
+                       help=f"builder workspace limit in MiB (default {WORKSPACE_MIB}; "
+                            f"{SMALL_WORKSPACE_MIB} on Jetson or with --dla-core)")
+    group.add_argument("--dla-core", type=int, metavar="N",
+                       help="build for DLA core N with GPU fallback for the layers DLA cannot run (fp16 exports)")
+    group.add_argument("--trtexec", action="store_true",
+                       help="print the trtexec commands that build the same engines instead of building them")
+    add_inference_options(p, EXPORT_FIELDS)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from vosrt.export.profile import BuildOptions, EngineProfile
+    from vosrt.export.tensorrt import build_engines
+    from vosrt.export.trtexec import trtexec_commands
+    from vosrt.runtime import artifacts
+
+    profile = EngineProfile(args.max_objects, args.resolution, getattr(args, "max_mem_frames", None))
+    options = BuildOptions(profile, args.workspace, args.dla_core)
+    if args.from_onnx:
+        _check_from_onnx(args)
+        onnx_dir, output = Path(args.from_onnx), args.output
+    elif args.model is None:
+        raise ValueError(f"name the model to export ({', '.join(MODEL_NAMES)}) or pass --from-onnx DIR")
+    else:
+        onnx_dir, output = _export_graphs(args), None
+    if args.trtexec:
+        print("\n".join(trtexec_commands(onnx_dir, artifacts.read_manifest(onnx_dir), options, output)))
+    elif args.format == "engine":
+        engines = build_engines(onnx_dir, output, options=options, progress=lambda line: print(line, flush=True))
+        print(f"wrote TensorRT engines and manifest.json to {engines}")
+
+
+def _check_from_onnx(args: argparse.Namespace) -> None:
+    """--from-onnx builds engines from the graphs as they are: export options do not apply."""
+    from vosrt.runtime import artifacts
+
+    if args.format == "onnx":
+        raise ValueError("--from-onnx builds engines; --format onnx has nothing to do")
+    given = [flag for flag, value in (("--weights", args.weights), ("--fp16", args.fp16),
+                                      ("--custom-ops", args.custom_ops)) if value]
+    given += [f"--{field.replace('_', '-')}" for field in EXPORT_FIELDS[1:] if hasattr(args, field)]
+    if given:
+        raise ValueError(f"{' and '.join(given)} apply to the ONNX export; --from-onnx uses the graphs as exported")
+    manifest = artifacts.read_manifest(args.from_onnx)
+    if args.model and args.model != manifest["model"]:
+        raise ValueError(f"{args.from_onnx} holds {manifest['model']}, not {args.model}")
+
+
+def _export_graphs(args: argparse.Namespace) -> Path:
+    """The ONNX export of ``export-engine MODEL``; returns its directory."""
+    from vosrt import weights as wts
+    from vosrt.api import build_network
+    from vosrt.export.onnx import export_onnx
+
+    config = MODELS[args.model].config_type(**inference_options(args))
+    output = Path(args.output or f"{args.model}-{'fp16' if args.fp16 else 'fp32'}")
+    checkpoint = wts.checkpoint_for(args.model, args.weights)
+    export_onnx(build_network(args.model, checkpoint), args.model, output, config=config, checkpoint=checkpoint,
+                fp16=args.fp16, opset=args.opset, custom_ops=args.custom_ops,
+                progress=lambda line: print(line, flush=True))
+    print(f"wrote ONNX graphs and manifest.json to {output}")
+    return output

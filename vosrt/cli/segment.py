@@ -1,0 +1,63 @@
+"""``vosrt segment``: segment a video (image folder, video file or camera) from first-frame masks."""
+from __future__ import annotations
+
+import argparse
+
+from vosrt.pipeline import DEFAULT_FPS
+from vosrt.runtime.backends import BACKENDS
+from vosrt.runtime.registry import MODEL_NAMES
+
+from .options import add_inference_options, inference_options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("segment", help="segment a video: image folder, video file or camera",
+                       description="Segment the frames of --input (an image folder, a video file such as mp4/avi, or a "
+                                   "camera index), starting from the label maps in --masks: one PNG for the first "
+                                   "frame, or a folder of PNGs named like the frames (00000.png, 00001.png, ... for "
+                                   "videos and cameras; every mask found is used, and a mask may hold only new "
+                                   "objects). Writes palette PNG label maps to --output and/or an overlay video to "
+                                   "--overlay, at the input's size and frame rate. Stop a camera with Ctrl-C.")
+    p.add_argument("model", choices=MODEL_NAMES)
+    p.add_argument("--weights", help="checkpoint file (default: download the official one)")
+    p.add_argument("--input", "--images", dest="input", required=True,
+                   help="image folder (jpg/png, in name order), video file, or camera index (0, 1, ...)")
+    p.add_argument("--masks", required=True, help="PNG label map of the first frame, or a folder of them")
+    p.add_argument("--output", help="folder for the palette PNG label maps")
+    p.add_argument("--overlay", help="video file (.mp4/.avi) of the frames with the masks blended in")
+    p.add_argument("--fps", type=float, help=f"overlay frame rate when the input has none (image folder; "
+                                              f"default {DEFAULT_FPS:g})")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--export-dir", help="onnxruntime: an ONNX export (default: exported into the cache); "
+                                        "tensorrt (required): a directory built by export-engine")
+    p.add_argument("--fp16", action="store_true",
+                   help="torch (CUDA): fp16 autocast where the official code allows it; onnxruntime: fp16 graphs")
+    p.add_argument("--amp", action="store_true", help="torch (CUDA): the official AMP, the whole step under autocast")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="torch or tensorrt (CUDA): replay each stage as a CUDA graph while shapes stay the same")
+    add_inference_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from vosrt import io, pipeline
+    from vosrt.api import load
+
+    options = inference_options(args)
+
+    def make_session():
+        return load(args.model, args.weights, backend=args.backend, device=args.device, export_dir=args.export_dir,
+                    fp16=args.fp16, amp=args.amp, cuda_graph=args.cuda_graph, **options)
+
+    with io.open_frames(args.input) as source:
+        result = pipeline.segment(make_session, source, args.masks, output=args.output, overlay=args.overlay,
+                                  fps=args.fps, max_frames=args.max_frames)
+    stopped = " (stopped)" if result.stopped else ""
+    print(f"segmented {result.frames} frames{stopped} in {result.seconds:.1f} s "
+          f"({result.frames / max(result.seconds, 1e-9):.2f} fps)")
+    if result.output is not None:
+        print(f"wrote {result.frames} label maps to {result.output}")
+    if result.overlay is not None:
+        print(f"wrote the overlay video {result.overlay}")
