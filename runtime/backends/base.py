@@ -19,12 +19,15 @@ from ..stages import StageSpec
 class Backend(ABC):
     """Runs the stages of one model on ``device``. ``architecture``: the network's manifest
     description (what sessions read sizes from); ``constants``: tensors the session needs
-    besides the stages (e.g. JointFormer's initial compressed-memory token)."""
+    besides the stages (e.g. JointFormer's initial compressed-memory token). ``fixed_shapes``:
+    every call of a stage should see the same memory shapes (CUDA-graph replay); other backends
+    are given only the memory in use."""
 
     device: torch.device
     stages: Mapping[str, StageSpec]
     architecture: Mapping[str, Any]
     constants: Mapping[str, torch.Tensor]
+    fixed_shapes: bool = False
 
     def run(self, stage: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run ``stage`` on its named inputs -> its named outputs."""
@@ -50,3 +53,4 @@ class BackendWrapper(Backend):
         self.stages = inner.stages
         self.architecture = inner.architecture
         self.constants = inner.constants
+        self.fixed_shapes = inner.fixed_shapes

@@ -54,12 +54,15 @@ class CapturedStage:
 
 
 class CudaGraphBackend(BackendWrapper):
-    """``inner`` with every stage replayed as a CUDA graph per input signature."""
+    """``inner`` with every stage replayed as a CUDA graph per input signature. Sessions give it
+    their whole memory buffers (``fixed_shapes``), so a bucket's readout is one graph."""
+
 
     def __init__(self, inner: Backend, max_graphs: int = 64, warmup: int = 2):
         if inner.device.type != "cuda":
             raise ValueError("cuda_graph=True needs device='cuda' (CUDA graphs capture GPU work)")
         super().__init__(inner)
+        self.fixed_shapes = True
         self.max_graphs = max_graphs
         self.warmup = warmup
         self.captured: OrderedDict[tuple, CapturedStage | None] = OrderedDict()  # None: runs eagerly

@@ -5,15 +5,17 @@ in the same frame share a bucket, and every bucket has its own keys. A bucket ke
 tokens in one buffer of ``N = long_capacity + frames * hw`` tokens, allocated once:
 
 * ``[0, long_capacity)``: the long-term memory (empty without ``use_long_term``); its
-  ``long_size`` tokens in use are packed at the start;
+  ``long_size`` tokens in use are packed at the END of that region;
 * then ``frames`` working-memory slots of ``hw`` tokens: slot 0 is the bucket's first memory
-  frame, kept permanently, the other slots hold the most recent frames. Without long-term
-  memory the oldest frame makes room for a new one (FIFO); with it, the oldest frames are
-  consolidated into long-term prototypes as soon as the slots are full (:mod:`.long_term`).
+  frame, kept permanently, the other slots hold the most recent frames, filled in order. Without
+  long-term memory the oldest frame makes room for a new one (FIFO); with it, the oldest frames
+  are consolidated into long-term prototypes as soon as the slots are full (:mod:`.long_term`)
+  and the frames kept move down to slots 1, 2, ...
 
-Tokens not in use are masked out by ``valid``. The readout reads the whole buffer, long-term
-memory first as in the official concatenation, so every backend sees the same static shapes
-for the whole session.
+So the tokens in use are always one range, :attr:`MemoryBucket.active`, long-term memory first
+as in the official concatenation. Backends that take any shape read only that range (the
+readout costs what the memory holds); CUDA-graph replay reads the whole buffer (one graph per
+bucket); tokens not in use are masked out by ``valid``.
 """
 from __future__ import annotations
 
@@ -49,9 +51,23 @@ class MemoryBucket(Bucket):
         self.temporary: list[int] = []  # working slots of the non-permanent frames, oldest first
         self.long_size = 0
 
-    def flat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(key ``[1, Ck, N]``, shrinkage ``[1, 1, N]``, value ``[1, K_b, Cv, N]``, valid ``[1, N]``)."""
-        return self.key, self.shrinkage, self.value, self.valid
+    @property
+    def long_start(self) -> int:
+        """First token of the long-term memory in use."""
+        return self.long_capacity - self.long_size
+
+    @property
+    def active(self) -> slice:
+        """The tokens in use: the long-term memory, then the filled working slots."""
+        working_frames = int(self.has_permanent) + len(self.temporary)
+        return slice(self.long_start, self.long_capacity + working_frames * self.hw)
+
+    def tokens_to_read(self, at_least: int) -> slice:
+        """:attr:`active`, extended over empty tokens to ``at_least`` where the buffer has them (an
+        exported top-k keeps a fixed k, so its graph needs k tokens; empty ones get no weight)."""
+        start, stop = self.active.start, self.active.stop
+        stop = min(max(stop, start + at_least), self.valid.shape[1])
+        return slice(max(min(start, stop - at_least), 0), stop)
 
     def slot_tokens(self, slot: int) -> slice:
         start = self.long_capacity + slot * self.hw
@@ -89,13 +105,13 @@ class MemoryBucket(Bucket):
         self.use_count[:, tokens] = 0
         self.life_count[:, tokens] = INITIAL_LIFE
 
-    def record_usage(self, usage: torch.Tensor, count_long_term: bool) -> None:
-        """Count one readout: usage ``[1, N]`` from the memory usage graph (the official
-        ``update_bucket_usage`` of the working memory, and of the long-term memory if counted).
-        Tokens not in use are counted too; their counts restart when they are written."""
-        start = 0 if count_long_term else self.long_capacity
-        self.use_count[:, start:] += usage[:, start:]
-        self.life_count[:, start:] += 1
+    def record_usage(self, usage: torch.Tensor, tokens: slice, count_long_term: bool) -> None:
+        """Count one readout of ``tokens``: usage ``[1, len(tokens)]`` from the memory usage stage (the
+        official ``update_bucket_usage`` of the working memory, and of the long-term memory if counted)."""
+        skip = 0 if count_long_term else max(self.long_capacity - tokens.start, 0)
+        counted = slice(tokens.start + skip, tokens.stop)
+        self.use_count[:, counted] += usage[:, skip:]
+        self.life_count[:, counted] += 1
 
     def consolidate(self, policy: LongTermPolicy) -> None:
         """Move the oldest temporary frames, all but ``policy.keep_frames``, into long-term prototypes."""
@@ -110,33 +126,57 @@ class MemoryBucket(Bucket):
                                  self.selection[:, :, tokens - self.long_capacity], self.value[:, :, :, tokens],
                                  normalized_usage(self.use_count[:, tokens], self.life_count[:, tokens]),
                                  policy.num_prototypes)
-        for slot in old_slots:
-            self.valid[:, self.slot_tokens(slot)] = False
         self.temporary = self.temporary[len(old_slots):]
+        self._move_kept_frames_down()
         self._append_long_term(*prototypes)
+
+    def _move_kept_frames_down(self) -> None:
+        """Move the temporary frames left after a consolidation to slots 1, 2, ... (in order) and
+        mark the slots above them empty, so that the working memory in use is one range again."""
+        kept = len(self.temporary)
+        source = torch.cat([torch.arange(self.slot_tokens(s).start, self.slot_tokens(s).stop) for s in self.temporary]
+                           ) if kept else torch.zeros(0, dtype=torch.long)
+        target = slice(self.slot_tokens(1).start, self.slot_tokens(1).start + kept * self.hw)
+        source = source.to(self.key.device)
+        for buffer in (self.key, self.shrinkage, self.value, self.valid, self.use_count, self.life_count):
+            buffer[..., target] = buffer[..., source]
+        self.selection[..., target.start - self.long_capacity:target.stop - self.long_capacity] = \
+            self.selection[..., source - self.long_capacity]
+        self.valid[:, target.stop:] = False
+        self.temporary = list(range(1, kept + 1))
 
     def _evict(self, policy: LongTermPolicy) -> None:
         """Keep the ``policy.keep_after_eviction`` most used long-term tokens (the official
-        ``remove_obsolete_features``), packed at the start; the newest without usage counts."""
-        size, keep = self.long_size, policy.keep_after_eviction
+        ``remove_obsolete_features``), packed at the end of the region; the newest without usage counts."""
+        start, keep = self.long_start, policy.keep_after_eviction
         if policy.count_usage:
-            usage = normalized_usage(self.use_count[0, :size], self.life_count[0, :size])
-            survivors = torch.topk(usage, k=keep, sorted=True).indices
+            usage = normalized_usage(self.use_count[0, start:self.long_capacity],
+                                     self.life_count[0, start:self.long_capacity])
+            survivors = start + torch.topk(usage, k=keep, sorted=True).indices
         else:
-            survivors = torch.arange(size - keep, size, device=self.key.device)
+            survivors = torch.arange(self.long_capacity - keep, self.long_capacity, device=self.key.device)
+        target = slice(self.long_capacity - keep, self.long_capacity)
         for buffer in (self.key, self.shrinkage, self.value, self.use_count, self.life_count):
-            buffer[..., :keep] = buffer[..., survivors]
-        self.valid[:, keep:size] = False
+            buffer[..., target] = buffer[..., survivors]
+        self.valid[:, start:target.start] = False
         self.long_size = keep
 
     def _append_long_term(self, key: torch.Tensor, shrinkage: torch.Tensor, value: torch.Tensor) -> None:
-        tokens = slice(self.long_size, self.long_size + key.shape[-1])
+        """Add prototypes after the long-term tokens in use, which move down to make room: the
+        region stays packed at its end, in the official order (oldest first; top-k ties keep the
+        first of equal scores, so the order decides which)."""
+        added, start = key.shape[-1], self.long_start
+        if self.long_size:
+            moved = slice(start - added, self.long_capacity - added)
+            for buffer in (self.key, self.shrinkage, self.value, self.use_count, self.life_count):
+                buffer[..., moved] = buffer[..., start:self.long_capacity].clone()
+        tokens = slice(self.long_capacity - added, self.long_capacity)
         self.key[:, :, tokens] = key
         self.shrinkage[:, :, tokens] = shrinkage
         self.value[:, :, :, tokens] = value
-        self.valid[:, tokens] = True
+        self.valid[:, start - added:self.long_capacity] = True
         self._reset_counts(tokens)
-        self.long_size = tokens.stop
+        self.long_size += added
 
 
 class MemoryStore(BucketStore[MemoryBucket]):
@@ -170,9 +210,9 @@ class MemoryStore(BucketStore[MemoryBucket]):
             if self.long_term is not None and len(bucket.temporary) >= self.frames - 1:
                 bucket.consolidate(self.long_term)
 
-    def record_usage(self, bucket: MemoryBucket, usage: torch.Tensor) -> None:
-        """Count one readout of ``bucket``: usage ``[1, N]`` float32 from the memory usage graph."""
-        bucket.record_usage(usage, count_long_term=self.long_term.count_usage)
+    def record_usage(self, bucket: MemoryBucket, usage: torch.Tensor, tokens: slice) -> None:
+        """Count one readout of ``bucket``'s ``tokens``: usage ``[1, len(tokens)]`` float32 from the memory usage stage."""
+        bucket.record_usage(usage, tokens, count_long_term=self.long_term.count_usage)
 
     def _new_bucket(self, object_ids: list[int], key: torch.Tensor, value_dim: int) -> MemoryBucket:
         _, key_dim, h, w = key.shape

@@ -57,16 +57,19 @@ class CutieSession(Session):
         query = {name: features[name] for name in ("key", "selection")}
         for bucket in self._memory.buckets:
             rows = self.objects.rows(bucket.object_ids)
-            memory = dict(memory_key=bucket.key, memory_shrinkage=bucket.shrinkage, memory_valid=bucket.valid)
+            tokens = slice(0, bucket.valid.shape[1]) if self.backend.fixed_shapes else \
+                bucket.tokens_to_read(self.config.top_k)
+            memory = dict(memory_key=bucket.key[:, :, tokens], memory_shrinkage=bucket.shrinkage[:, :, tokens],
+                          memory_valid=bucket.valid[:, tokens])
             if self._memory.counts_usage:
                 usage = self.backend.run("memory_usage", **query, **memory)["memory_usage"]
-                self._memory.record_usage(bucket, usage)
+                self._memory.record_usage(bucket, usage, tokens)
             chunk = self.config.chunk_size if self.config.chunk_size > 0 else len(rows)
             for start in range(0, len(rows), chunk):
                 part = rows[start:start + chunk]
                 readout = self.backend.run(
                     "memory_readout", **query, pix_feat=features["pix_feat"], **memory,
-                    memory_value=bucket.value[:, start:start + chunk], sensory=self._sensory[:, part],
+                    memory_value=bucket.value[:, start:start + chunk, :, tokens], sensory=self._sensory[:, part],
                     last_mask=self._last_mask[:, part], obj_memory=self._obj_memory[:, part])["readout"]
                 self._readout[:, part] = readout.to(self._readout.dtype)  # fp16 under autocast
         decoded = self.backend.run("mask_decoder", f8=features["f8"], f4=features["f4"], readout=self._readout,

@@ -6,19 +6,25 @@ joint block reads from it are computed once, when the frame enters memory
 
 * objects that enter memory on the same frame share a *bucket* (the same reference frames);
 * slot 0 holds the bucket's first frame for good;
+* with ``include_last`` every processed frame that is not a memory frame replaces a "last
+  frame" slot, slot 1;
 * memory frames (every ``mem_every`` frames, or with a mask) go to a FIFO of
-  ``max_mem_frames - 1`` slots (with ``max_mem_frames == 1`` they replace the last-frame slot);
-* with ``include_last`` every other processed frame replaces a "last frame" slot.
+  ``max_mem_frames - 1`` slots after it (with ``max_mem_frames == 1`` they replace the
+  last-frame slot).
 
 Buffers are ``[L, K_b, Hd, S * hw, D]`` (blocks, objects of the bucket, heads, slots x tokens,
-head channels), frame after frame, with a validity mask ``[K_b, S * hw]``, so shapes stay
-fixed for the whole video.
+head channels), frame after frame, with a validity mask ``[K_b, S * hw]``, allocated once.
+Slots fill from the start, so the frames in memory are the first :attr:`ReferenceBucket.filled`
+slots (with at most the empty last-frame slot among them, when ``mem_every=1`` never leaves a
+frame for it): backends that take any shape read only those.
 """
 from __future__ import annotations
 
 import torch
 
 from ..buckets import Bucket, BucketStore
+
+LAST_SLOT = 1  # the last processed frame's slot, when there is one
 
 
 class ReferenceBucket(Bucket):
@@ -31,6 +37,7 @@ class ReferenceBucket(Bucket):
         n_layers, _, heads, hw, d = like.shape
         self.hw, self.slots, self.fifo_slots = hw, slots, fifo_slots
         self.fifo_written = 0
+        self.filled = 0  # slots from the start that hold a frame (or the empty last-frame slot)
         self.keys = like.new_zeros(n_layers, len(object_ids), heads, slots * hw, d)
         self.values = torch.zeros_like(self.keys)
         self.valid = torch.zeros(len(object_ids), slots * hw, dtype=torch.bool, device=like.device)
@@ -41,14 +48,20 @@ class ReferenceBucket(Bucket):
         self.keys[:, :, :, tokens] = keys
         self.values[:, :, :, tokens] = values
         self.valid[:, tokens] = True
+        self.filled = max(self.filled, slot + 1)
 
     def memory_slot(self) -> int:
         """Where the next memory frame goes: the oldest FIFO slot, else the last-frame slot."""
         if self.fifo_slots == 0:
-            return self.slots - 1
-        slot = 1 + self.fifo_written % self.fifo_slots
+            return LAST_SLOT
+        slot = self.slots - self.fifo_slots + self.fifo_written % self.fifo_slots
         self.fifo_written += 1
         return slot
+
+    def tokens_to_read(self, at_least: int) -> slice:
+        """The tokens of the filled slots, extended over empty ones to ``at_least`` where the buffer
+        has them (an exported top-K keeps a fixed k)."""
+        return slice(0, min(max(self.filled * self.hw, at_least), self.slots * self.hw))
 
 
 class ReferenceCache(BucketStore[ReferenceBucket]):
@@ -75,7 +88,7 @@ class ReferenceCache(BucketStore[ReferenceBucket]):
         for bucket in self.buckets:
             if not is_mem_frame and not self.has_last_slot:
                 continue
-            slot = bucket.memory_slot() if is_mem_frame else self.slots - 1
+            slot = bucket.memory_slot() if is_mem_frame else LAST_SLOT
             rows = [index[o] for o in bucket.object_ids]
             bucket.write(slot, keys[:, rows], values[:, rows])
         new_ids = self.untracked(object_ids)

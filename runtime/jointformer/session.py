@@ -53,9 +53,10 @@ class JointFormerSession(Session):
         tokens = query["tokens"]
         f16 = torch.empty(len(self.objects), *tokens.shape[1:], device=tokens.device, dtype=tokens.dtype)
         for bucket in self._cache.buckets:
+            read = slice(None) if self.backend.fixed_shapes else bucket.tokens_to_read(self.config.top_k)
             f16[self.objects.rows(bucket.object_ids)] = self.backend.run(
-                "joint_propagation", tokens=tokens, ref_keys=bucket.keys, ref_values=bucket.values,
-                ref_valid=bucket.valid)["f16"]
+                "joint_propagation", tokens=tokens, ref_keys=bucket.keys[:, :, :, read],
+                ref_values=bucket.values[:, :, :, read], ref_valid=bucket.valid[:, read])["f16"]
         decoded = self.backend.run("decoder", f16=f16, f8=query["f8"], f4=query["f4"], summary=self._summary)
         self._summary = decoded["new_summary"].clone()  # a backend may reuse its output buffer
         return decoded["prob"]

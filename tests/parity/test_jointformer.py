@@ -166,7 +166,7 @@ def _frame_ids(bucket):
 
 
 def test_reference_cache_follows_the_official_memory_store():
-    """max_memory_frames=2 with include_last: slot 0 = first frame, one FIFO slot, one last-frame slot."""
+    """max_memory_frames=2 with include_last: slot 0 = first frame, slot 1 = the last frame, one FIFO slot."""
     cache = ReferenceCache(max_mem_frames=2, include_last=True)
     assert cache.slots == 3
 
@@ -179,12 +179,14 @@ def test_reference_cache_follows_the_official_memory_store():
     add(2, [1, 2], False)
     add(3, [1, 2], True)
     assert [b.object_ids for b in cache.buckets] == [[1, 2]]
-    assert _frame_ids(cache.buckets[0]) == [0, 3, 2]
+    assert _frame_ids(cache.buckets[0]) == [0, 2, 3]
     add(6, [1, 2, 3], True)  # a mask with the new object 3: a new bucket
-    assert _frame_ids(cache.buckets[0]) == [0, 6, 2]
+    assert _frame_ids(cache.buckets[0]) == [0, 2, 6]
     assert cache.buckets[1].object_ids == [3] and _frame_ids(cache.buckets[1]) == [6, -1, -1]
+    assert cache.buckets[1].tokens_to_read(1) == slice(0, 1)  # only the first frame is read
     add(7, [1, 2, 3], False)
-    assert _frame_ids(cache.buckets[1]) == [6, -1, 7]
+    assert _frame_ids(cache.buckets[1]) == [6, 7, -1]
+    assert cache.buckets[1].tokens_to_read(1) == slice(0, 2) and cache.buckets[1].tokens_to_read(3) == slice(0, 3)
     cache.remove_objects([1, 2])
     assert [b.object_ids for b in cache.buckets] == [[3]]
 

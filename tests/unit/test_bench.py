@@ -30,8 +30,9 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     runs = report["runs"]
     assert [(r["backend"], r["objects"], r["memory_frames"]) for r in runs] == [
         ("torch", 1, 5), ("torch", 2, 5), ("onnxruntime", 1, 5), ("onnxruntime", 2, 5)]
+    assert report["memory"].startswith("full") and report["environment"]["omp_wait_policy"]
     for r in runs:
-        assert r["frames"] == 2
+        assert r["frames"] == 2 and r["untimed"] == 21  # the mask frame, then 4 more memory frames, every 5th
         assert 0 < r["latency_ms"]["median"] <= r["latency_ms"]["p90"]
         assert r["fps"] == pytest.approx(2000 / (2 * r["latency_ms"]["mean"]), rel=0.01)
         assert {"image_encoder", "memory_readout", "mask_decoder"} <= set(r["graphs"])
@@ -53,10 +54,11 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
 def test_bench_cli_runs_jointformer_on_torch_and_onnxruntime(tmp_path):
     report_path = tmp_path / "bench.json"
     argv = ["bench", "jointformer", "--backends", "torch,onnxruntime,tensorrt", "--resolution", "64x96", "--frames",
-            "1", "--warmup", "1", "--top-k", "8", "--no-include-last", "--json", str(report_path)]
+            "1", "--warmup", "1", "--top-k", "8", "--no-include-last", "--fill", "--json", str(report_path)]
     assert main(argv) == 0
     report = json.loads(report_path.read_text())
     assert report["model"] == "jointformer" and list(report["skipped"]) == ["tensorrt"]  # this CPU machine
+    assert report["memory"].startswith("filling up") and [r["untimed"] for r in report["runs"]] == [1, 1]
     options = report["options"]  # JointFormer's own settings and defaults
     assert options.pop("max_mem_frames") == "memory_frames of each run"
     assert options == {"mem_every": 5, "include_last": False, "top_k": 8, "topk_range": "all_frames",
@@ -88,6 +90,13 @@ def test_unavailable_backends_say_why():
     engines = BenchBackend("z", "torch", needs_engines=True)
     assert engines.unavailable_reason("cpu").startswith("needs --engine-dir")
     assert engines.unavailable_reason("cpu", engine_dir="engines") is None
+
+
+def test_untimed_frames_fill_the_memory_unless_asked_to_time_the_filling():
+    settings = BenchSettings("cutie-small", ["torch"], warmup=2, options={"mem_every": 3})
+    assert [settings.untimed_frames(t) for t in (1, 2, 5)] == [2, 4, 13]  # frames 0, 3, 6, 9, 12 are memorised
+    settings.fill = True
+    assert settings.untimed_frames(5) == 2
 
 
 def test_synthetic_clip_has_the_objects_and_size():

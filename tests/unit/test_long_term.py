@@ -144,7 +144,10 @@ def test_store_follows_the_official_bookkeeping(count_usage):
         if step:
             qk, qe = torch.randn(1, CK, 5, generator=g), torch.rand(1, CK, 5, generator=g)
             bucket = store.buckets[0]
-            store.record_usage(bucket, topk_usage_reference(qk, qe, bucket.key, bucket.shrinkage, bucket.valid, top_k))
+            tokens = bucket.active  # what a session reads
+            usage = topk_usage_reference(qk, qe, bucket.key[:, :, tokens], bucket.shrinkage[:, :, tokens],
+                                         bucket.valid[:, tokens], top_k)
+            store.record_usage(bucket, usage, tokens)
             official.read(qk, qe, top_k)
         k, e = torch.randn(1, CK, 1, HW, generator=g), torch.rand(1, CK, 1, HW, generator=g)
         s, v = 1 + torch.rand(1, 1, 1, HW, generator=g), torch.randn(1, 1, CV, 1, HW, generator=g)
@@ -155,8 +158,9 @@ def test_store_follows_the_official_bookkeeping(count_usage):
         else:
             break  # the official code cannot evict without usage counts; checked separately below
         bucket = store.buckets[0]
-        long = slice(0, bucket.long_size)
-        assert bucket.valid[:, long].all() and not bucket.valid[:, bucket.long_size:policy.max_tokens].any()
+        long = slice(bucket.long_start, policy.max_tokens)  # packed at the end of the long-term region
+        assert bucket.valid[:, bucket.active].all() and int(bucket.valid.sum()) == len(range(*bucket.active.indices(
+            bucket.valid.shape[1])))  # the tokens in use are one range
         got = _sorted_columns(bucket.key[:, :, long], bucket.shrinkage[:, :, long], bucket.value[..., long],
                               bucket.use_count[:, long], bucket.life_count[:, long])
         want = _sorted_columns(*(official.long[n] for n in ("k", "s", "v", "use", "life")))
@@ -179,8 +183,8 @@ def test_without_usage_counts_eviction_keeps_the_newest_prototypes():
     bucket = store.buckets[0]
     # Frames 1..7 each become 2 prototypes, copies of their keys. From 4 tokens on, each
     # consolidation first keeps the newest 6 - 2 - 1 = 3: [1 1] [1 1 2 2] [1 2 2 3 3] ... [5 6 6 7 7].
-    assert bucket.key[0, 0, :bucket.long_size].tolist() == [5.0, 6.0, 6.0, 7.0, 7.0]
-    assert not bucket.valid[:, bucket.long_size:6].any()
+    assert sorted(bucket.key[0, 0, bucket.long_start:6].tolist()) == [5.0, 6.0, 6.0, 7.0, 7.0]
+    assert bucket.long_start == 1 and not bucket.valid[:, :1].any()
 
 
 def test_load_takes_the_official_long_term_defaults():

@@ -161,6 +161,8 @@ def test_working_memory_masks_unwritten_slots_and_new_buckets():
     assert first.object_ids == [1, 2] and second.object_ids == [3]
     assert first.valid.tolist() == [[True, True, True, True, False, False, False, False]]
     assert second.valid.tolist() == [[True, True, False, False, False, False, False, False]]
+    assert first.active == slice(0, 4) and second.active == slice(0, 2)  # what a readout reads
+    assert second.tokens_to_read(3) == slice(0, 3) and second.tokens_to_read(30) == slice(0, 8)
     assert second.key[0, 0, 0] == 2.0  # frame 2 is object 3's permanent memory
     memory.remove_objects([1])
     assert memory.buckets[0].object_ids == [2] and memory.buckets[0].value.shape[1] == 1

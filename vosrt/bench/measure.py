@@ -80,13 +80,14 @@ class HostPeakMemory:
 
 @dataclass
 class Run:
-    """One measurement. Latencies in ms over the timed frames; ``graphs``: per stage, the
-    median, p90 and mean ms of one call and the calls per frame; ``outside_graphs_ms``: mean
-    frame time not spent in stage calls."""
+    """One measurement. Latencies in ms over the timed frames (after ``untimed`` frames); ``graphs``:
+    per stage, the median, p90 and mean ms of one call and the calls per frame;
+    ``outside_graphs_ms``: mean frame time not spent in stage calls."""
 
     backend: str
     objects: int
     memory_frames: int
+    untimed: int
     frames: int
     latency_ms: dict[str, float]
     fps: float
@@ -113,10 +114,11 @@ def run_benchmark(settings: BenchSettings) -> dict:
     backends = [BENCH_BACKENDS[name] for name in settings.backends if name not in skipped]
     if not backends:
         raise RuntimeError("no backend can run here: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
-    clips = {k: synthetic_clip(settings.resolution, k, settings.warmup + settings.frames, settings.seed)
-             for k in settings.objects}
+    longest = max(settings.untimed_frames(t) for t in settings.memory_frames) + settings.frames
+    clips = {k: synthetic_clip(settings.resolution, k, longest, settings.seed) for k in settings.objects}
     runs: list[Run] = []
-    total_frames = len(backends) * len(settings.memory_frames) * len(clips) * (settings.warmup + settings.frames)
+    total_frames = len(backends) * len(clips) * sum(settings.untimed_frames(t) + settings.frames
+                                                    for t in settings.memory_frames)
     with _weights_file(settings) as weights, tqdm(total=total_frames, unit="frame", desc="bench") as bar:
         for backend in backends:
             for memory_frames in settings.memory_frames:
@@ -128,10 +130,11 @@ def run_benchmark(settings: BenchSettings) -> dict:
                     skipped[backend.name] = f"cannot load: {str(err).splitlines()[0]}"
                     break
                 load_s = time.perf_counter() - started
+                untimed = settings.untimed_frames(memory_frames)
                 for objects, (images, mask) in clips.items():
                     bar.set_description(f"bench {backend.name} T={memory_frames} objects={objects}")
-                    runs.append(_measure(session, backend.name, objects, memory_frames, images, mask,
-                                         settings.warmup, load_s, bar))
+                    runs.append(_measure(session, backend.name, objects, memory_frames,
+                                         images[:untimed + settings.frames], mask, untimed, load_s, bar))
                 del session  # before the next one is loaded
     if not runs:
         raise RuntimeError("no backend ran: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
@@ -140,6 +143,8 @@ def run_benchmark(settings: BenchSettings) -> dict:
         "vosrt_version": vosrt_version(), "model": settings.model,
         "weights": settings.weights or f"random (the model's own initialisation, seed {settings.seed})",
         "resolution": list(settings.resolution), "frames": settings.frames, "warmup": settings.warmup,
+        "memory": ("filling up: timed from the frame after the warm-up" if settings.fill else
+                   "full: the timed frames start once the memory holds memory_frames frames"),
         "options": (asdict(MODELS[settings.model].config_type(**settings.options))
                     | {"max_mem_frames": "memory_frames of each run"}),
         "environment": environment | _load_average("end"),
@@ -205,7 +210,7 @@ def _measure(session: Session, backend: str, objects: int, memory_frames: int, i
         session.backend = timed.inner
     frames = len(latencies)
     in_graphs_ms = sum(sum(calls) for calls in timed.calls.values()) * 1000 / frames
-    return Run(backend=backend, objects=objects, memory_frames=memory_frames, frames=frames,
+    return Run(backend=backend, objects=objects, memory_frames=memory_frames, untimed=warmup, frames=frames,
                latency_ms=_summary(latencies), fps=float(f"{1000 * frames / sum(latencies):.4g}"),
                graphs={name: _summary([t * 1000 for t in calls]) | {"calls_per_frame": round(len(calls) / frames, 3)}
                        for name, calls in timed.calls.items()},

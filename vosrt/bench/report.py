@@ -12,8 +12,10 @@ def format_table(report: dict) -> str:
     env = report["environment"]
     load = (f", load average {env['load_average_1min_at_start']} -> {env['load_average_1min_at_end']}"
             if "load_average_1min_at_end" in env else "")
+    policy = f", OpenMP wait policy {env['omp_wait_policy']}" if "omp_wait_policy" in env else ""
     lines = [f"{report['model']} {report['resolution'][0]}x{report['resolution'][1]}, {report['weights']}, "
-             f"{env['device']} ({env['torch_threads']} torch threads{load})", header]
+             f"{env['device']} ({env['torch_threads']} torch threads{policy}{load}); memory {report['memory']}",
+             header]
     for r in report["runs"]:
         graphs = "  ".join(f"{stage} {g['median']:.1f}x{g['calls_per_frame']:g}" for stage, g in r["graphs"].items())
         speedup = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"

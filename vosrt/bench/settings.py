@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -60,6 +62,7 @@ class BenchSettings:
     device: str = "cpu"
     seed: int = 0
     options: dict = field(default_factory=dict)  # other fields of the model's config
+    fill: bool = False  # time the frames while the memory fills up, instead of a full memory
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -73,3 +76,21 @@ class BenchSettings:
             raise ValueError("--frames and --warmup must be >= 1 (the warm-up includes the mask frame)")
         if min(self.objects) < 1 or min(self.memory_frames) < 1 or min(self.resolution) < 16:
             raise ValueError("objects and memory frames must be >= 1 and the resolution at least 16x16")
+
+    def untimed_frames(self, memory_frames: int) -> int:
+        """Frames run before the timed ones: ``warmup`` (the mask frame included) with ``fill``,
+        else at least enough to fill a memory of ``memory_frames`` (every ``mem_every`` frames)."""
+        if self.fill:
+            return self.warmup
+        mem_every = self.options.get("mem_every", MODELS[self.model].config_type().mem_every)
+        return max(self.warmup, 1 + (memory_frames - 1) * mem_every)
+
+
+def passive_openmp_threads() -> str:
+    """Make torch's idle OpenMP threads sleep instead of spin-waiting (spinning threads slow 3-4x as
+    soon as anything else runs on the machine), unless the user chose a policy. It takes effect only
+    if torch is not loaded yet. Returns the policy in effect, as the report records it."""
+    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    return policy if "torch" not in sys.modules else f"{policy} (torch was loaded before the benchmark)"

@@ -6,7 +6,7 @@ import json
 import shlex
 from pathlib import Path
 
-from vosrt.bench.settings import BENCH_BACKENDS, BenchSettings
+from vosrt.bench.settings import BENCH_BACKENDS, BenchSettings, passive_openmp_threads
 from vosrt.runtime.registry import MODEL_NAMES
 
 from .options import FLAGS, add_inference_options, argument, inference_options, parse_counts, parse_resolution, \
@@ -30,7 +30,11 @@ def add_parser(sub) -> None:
     p.add_argument("--memory-frames", type=argument(parse_counts),
                    help="memory sizes (max_mem_frames), e.g. 1..10 (default: the model's max_mem_frames)")
     p.add_argument("--frames", type=int, default=10, help="timed frames per configuration (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed frames first, the mask frame included (default 2)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed frames first, the mask frame included (default 2); without --fill at least "
+                        "enough to fill the memory")
+    p.add_argument("--fill", action="store_true",
+                   help="time the frames while the memory fills up (what a short clip costs) instead of a full memory")
     p.add_argument("--weights", help="checkpoint file (default: random weights; the timing does not depend on them)")
     p.add_argument("--engine-dir", help="tensorrt: a directory built by export-engine on this GPU")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -42,6 +46,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    omp_wait_policy = passive_openmp_threads()  # before torch loads
     from vosrt.bench import report
     from vosrt.bench.measure import run_benchmark
 
@@ -54,8 +59,9 @@ def run(args: argparse.Namespace) -> None:
         model=args.model, backends=[b.strip() for b in args.backends.split(",") if b.strip()],
         resolution=args.resolution, objects=args.objects, memory_frames=args.memory_frames, frames=args.frames,
         warmup=args.warmup, weights=args.weights, engine_dir=args.engine_dir, device=args.device, seed=args.seed,
-        options=inference_options(args))
+        options=inference_options(args), fill=args.fill)
     results = {"command": shlex.join(["vosrt", *args.argv])} | run_benchmark(settings)
+    results["environment"]["omp_wait_policy"] = omp_wait_policy
     print(report.format_table(results))
     if args.json:
         write_text_atomically(Path(args.json), json.dumps(results, indent=2) + "\n")
