@@ -14,6 +14,10 @@ removed) get new graphs, up to ``max_graphs`` in all, the least recently used be
 beyond that. A stage whose capture fails (an op that synchronises with the host, say) runs
 eagerly from then on, with one warning. Returned tensors are the graph's static outputs:
 valid until the next replay of that graph.
+
+What each graph captures comes from the backend's :meth:`~.base.Backend.graph_runner`: for
+TensorRT a run on an execution context of the graph's own, since a captured graph fixes the
+shapes and addresses its context was set to.
 """
 from __future__ import annotations
 
@@ -28,10 +32,13 @@ from .base import Backend, BackendWrapper
 
 
 class CapturedStage:
-    """A captured stage call: static buffers of the copied inputs, the graph and its outputs."""
+    """A captured stage call: static buffers of the copied inputs, the graph and its outputs.
+    ``run``: what the graph captures (and the warm-up runs); kept for the graph's lifetime (it may
+    own the graph's execution state)."""
 
     def __init__(self, run: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]], inputs: list[torch.Tensor],
                  in_place: set[int], warmup: int):
+        self.run = run
         self.copied = {i: torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x)
                        for i, x in enumerate(inputs) if i not in in_place}
         args = [self.copied.get(i, x) for i, x in enumerate(inputs)]
@@ -79,7 +86,7 @@ class CudaGraphBackend(BackendWrapper):
 
     def _capture(self, stage: StageSpec, inputs: list[torch.Tensor], in_place: set[int]) -> CapturedStage | None:
         try:
-            return CapturedStage(lambda args: self.inner._run(stage, args), inputs, in_place, self.warmup)
+            return CapturedStage(self.inner.graph_runner(stage), inputs, in_place, self.warmup)
         except RuntimeError as err:  # e.g. a host synchronisation inside the stage
             warnings.warn(f"CUDA-graph capture of {stage.name} failed, running it eagerly: {str(err).splitlines()[0]}",
                           RuntimeWarning, stacklevel=4)

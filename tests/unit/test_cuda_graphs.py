@@ -1,15 +1,21 @@
 """CUDA-graph replay bookkeeping on the CPU: which calls share a graph, what is kept, what is
-passed through. The capture itself is replaced by a stand-in here; tests/gpu runs the real one."""
+passed through, which TensorRT execution context each graph uses. Either
+the capture is replaced by a stand-in, or torch.cuda's graph and stream calls are (``fake_cuda``:
+the capture then runs the stage once and a replay does nothing); tests/gpu runs the real ones."""
 from __future__ import annotations
 
+import contextlib
+import types
 import warnings
 
 import pytest
 import torch
 
-from fakes.backends import ArithmeticBackend
+from fakes.backends import STAGES, ArithmeticBackend
+from fakes.tensorrt import FakeEngine, FakeTensorRT
 from vosrt.runtime.backends import cuda_graphs
 from vosrt.runtime.backends.cuda_graphs import CudaGraphBackend
+from vosrt.runtime.backends.tensorrt import Engine, TensorRTBackend
 
 
 class _FakeCapture:
@@ -32,7 +38,34 @@ class _CudaLabelled(ArithmeticBackend):
 
 
 @pytest.fixture
-def graphs(monkeypatch):
+def fake_cuda(monkeypatch):
+    """torch.cuda's streams and graphs as CPU stand-ins; ``capturing`` is set inside a capture."""
+    state = types.SimpleNamespace(capturing=False)
+    stream = types.SimpleNamespace(wait_stream=lambda other: None, cuda_stream=0)
+
+    class Graph:
+        def __init__(self):
+            self.pool, self.replays = None, 0
+
+        def replay(self):
+            self.replays += 1
+
+    @contextlib.contextmanager
+    def capture(graph, pool=None):
+        graph.pool, state.capturing = pool, True
+        try:
+            yield
+        finally:
+            state.capturing = False
+
+    for name, value in dict(Stream=lambda device=None: stream, current_stream=lambda device=None: stream,
+                            stream=lambda s: contextlib.nullcontext(), CUDAGraph=Graph, graph=capture).items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    return state
+
+
+@pytest.fixture
+def graphs(monkeypatch, fake_cuda):
     monkeypatch.setattr(cuda_graphs, "CapturedStage", _FakeCapture)
     return CudaGraphBackend(_CudaLabelled(), max_graphs=3)
 
@@ -61,7 +94,7 @@ def test_least_recently_used_graph_goes_first(graphs):
     assert [key[1][0][0] for key in graphs.captured] == [(4,), (2,), (5,)]
 
 
-def test_a_failed_capture_runs_eagerly_and_warns_once(monkeypatch):
+def test_a_failed_capture_runs_eagerly_and_warns_once(monkeypatch, fake_cuda):
     def fail(*args):
         raise RuntimeError("operation not permitted when stream is capturing\ndetails")
 
@@ -79,3 +112,36 @@ def test_a_failed_capture_runs_eagerly_and_warns_once(monkeypatch):
 def test_cpu_backends_are_refused():
     with pytest.raises(ValueError, match="cuda_graph=True needs device='cuda'"):
         CudaGraphBackend(ArithmeticBackend())
+
+
+def _tensorrt_backend(engine: FakeEngine) -> TensorRTBackend:
+    """A TensorRT backend of one engine for stage ``double`` (x -> y), without an engine directory;
+    labelled CUDA, on CPU tensors."""
+    backend = object.__new__(TensorRTBackend)
+    backend.device, backend.stages, backend.architecture, backend.constants = (
+        torch.device("cuda"), {"double": STAGES["double"]}, {}, {})
+    backend.engines = {"double": Engine(FakeTensorRT(), engine, "double", torch.device("cpu"))}
+    return backend
+
+
+def test_each_tensorrt_graph_captures_an_execution_context_of_its_own(fake_cuda):
+    """A captured graph replays the shapes and addresses its context had at capture time: one context per
+    graph (per shape here), on the engine's shared activation memory; eager calls keep their own."""
+    engine = FakeEngine()
+    backend = _tensorrt_backend(engine)
+    graphs = CudaGraphBackend(backend)
+    small, large = torch.rand(2, 4), torch.rand(3, 4)
+    graphs.run("double", x=small)
+    graphs.run("double", x=large)
+    graphs.run("double", x=small + 1)  # replayed: no new context
+    eager, first, second = engine.contexts
+    static_inputs = {tuple(c.copied[0].shape): c.copied[0] for c in graphs.captured.values()}
+    assert first.shapes["x"] == (2, 4) and second.shapes["x"] == (3, 4)
+    assert first.addresses["x"] == static_inputs[2, 4].data_ptr()
+    assert second.addresses["x"] == static_inputs[3, 4].data_ptr()
+    assert first.runs == second.runs == graphs.warmup + 1 and eager.runs == 0
+    activations = backend.engines["double"].activations
+    assert {c.device_memory for c in engine.contexts} == {(activations.data_ptr(), FakeEngine.device_memory_size_v2)}
+    assert {c.strategy for c in engine.contexts} == {"user_managed"}
+    backend.run("double", x=large)
+    assert eager.runs == 1 and first.shapes["x"] == (2, 4)  # eager calls leave the graphs' contexts alone

@@ -245,14 +245,25 @@ def test_tensorrt_backend_refuses_engines_built_elsewhere(export, tmp_path, fake
 
 def test_engine_call_reuses_its_output_buffers(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: types.SimpleNamespace(cuda_stream=0))
-    trt = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="input", OUTPUT="output"))
-    run = Engine(trt, FakeEngine(), "decoder", torch.device("cpu"))
+    engine = FakeEngine()
+    run = Engine(FakeTensorRT(), engine, "decoder", torch.device("cpu"))
     y = run({"x": torch.zeros(2, 4)})["y"]
     again = run({"x": torch.ones(2, 4)})["y"]
-    assert again is y and run.context.addresses["y"] == y.data_ptr()
+    (context,) = engine.contexts
+    assert again is y and context.addresses["y"] == y.data_ptr()
     with pytest.raises(ValueError, match=r"input x has shape \[4, 4\], outside the engine's profile \[1, 4\]..\[3, 4\]"):
         run({"x": torch.zeros(4, 4)})
-    assert run.engine.runs == 2
+    assert context.runs == 2
+
+
+def test_static_engines_say_what_they_take(monkeypatch):
+    """DLA builds have min = opt = max profiles: any other shape is refused with what to do."""
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: types.SimpleNamespace(cuda_stream=0))
+    run = Engine(FakeTensorRT(), FakeEngine(static=True), "mask_decoder", torch.device("cpu"))
+    assert run({"x": torch.zeros(3, 4)})["y"].shape == (3, 4)
+    with pytest.raises(ValueError, match=r"shape \[2, 4\], but the engine was built for exactly \[3, 4\] .*"
+                                         r"exactly --max-objects objects"):
+        run({"x": torch.zeros(2, 4)})
 
 
 def test_jointformer_engines_must_fit_the_session(jointformer_export, tmp_path, fake_gpu):
