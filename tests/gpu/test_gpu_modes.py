@@ -67,6 +67,20 @@ def test_shapes_get_their_own_graph_and_replay():
     assert graphs.inner.calls == 2 * (graphs.warmup + 1)  # warm-up and capture only; replays skip Python
 
 
+def test_graphs_sharing_the_pool_keep_each_others_outputs():
+    """Every graph allocates from one pool: replaying one graph rewrites its temporaries there, which
+    must not be where another graph's outputs are (they are allocated outside the pool)."""
+    graphs = CudaGraphBackend(ArithmeticBackend("cuda"))
+    x = torch.rand(1 << 16, device="cuda")
+    first, second = torch.rand_like(x), torch.rand_like(x)  # two memories of one shape: two graphs
+    graphs.run("blend", x=x, memory=first)
+    y_second = graphs.run("blend", x=x, memory=second)["y"]
+    expected = (3 * x + second) * 2
+    graphs.run("blend", x=torch.rand_like(x), memory=first)  # replays the first graph
+    torch.testing.assert_close(y_second, expected)
+    assert len(graphs.captured) == 2 and all(c.graph.pool() == graphs.pool for c in graphs.captured.values())
+
+
 def test_failed_capture_falls_back_to_eager():
     graphs = CudaGraphBackend(ArithmeticBackend("cuda", host_sync=True))
     x = torch.rand(3, device="cuda")

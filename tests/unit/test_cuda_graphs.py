@@ -1,5 +1,5 @@
 """CUDA-graph replay bookkeeping on the CPU: which calls share a graph, what is kept, what is
-passed through, which TensorRT execution context each graph uses. Either
+passed through, which memory pool and which TensorRT execution context each graph uses. Either
 the capture is replaced by a stand-in, or torch.cuda's graph and stream calls are (``fake_cuda``:
 the capture then runs the stage once and a replay does nothing); tests/gpu runs the real ones."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ from vosrt.runtime.backends.tensorrt import Engine, TensorRTBackend
 class _FakeCapture:
     """Stands in for a captured graph: records the inputs it copies and replays by calling the stage."""
 
-    def __init__(self, run, inputs, in_place, warmup):
+    def __init__(self, run, inputs, in_place, warmup, pool):
         self.run = run
         self.copied = [i for i in range(len(inputs)) if i not in in_place]
 
@@ -30,17 +30,25 @@ class _FakeCapture:
 
 
 class _CudaLabelled(ArithmeticBackend):
-    """CPU tensors, but a backend that says it is on CUDA (CudaGraphBackend checks the device)."""
+    """CPU tensors, but a backend that says it is on CUDA (CudaGraphBackend checks the device).
+    ``returned``: per call, whether it ran inside a (fake) capture and the outputs it returned."""
 
-    def __init__(self):
+    def __init__(self, cuda=None):
         super().__init__()
         self.device = torch.device("cuda")
+        self.cuda, self.returned = cuda, []
+
+    def _run(self, stage, inputs):
+        outputs = super()._run(stage, inputs)
+        self.returned.append((bool(self.cuda and self.cuda.capturing), outputs))
+        return outputs
 
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """torch.cuda's streams and graphs as CPU stand-ins; ``capturing`` is set inside a capture."""
-    state = types.SimpleNamespace(capturing=False)
+    """torch.cuda's streams, graphs and graph pools as CPU stand-ins; ``capturing`` is set inside a capture,
+    ``pools``: the pool handles made."""
+    state = types.SimpleNamespace(capturing=False, pools=[])
     stream = types.SimpleNamespace(wait_stream=lambda other: None, cuda_stream=0)
 
     class Graph:
@@ -58,8 +66,13 @@ def fake_cuda(monkeypatch):
         finally:
             state.capturing = False
 
+    def pool_handle():
+        state.pools.append(object())
+        return state.pools[-1]
+
     for name, value in dict(Stream=lambda device=None: stream, current_stream=lambda device=None: stream,
-                            stream=lambda s: contextlib.nullcontext(), CUDAGraph=Graph, graph=capture).items():
+                            stream=lambda s: contextlib.nullcontext(), CUDAGraph=Graph, graph=capture,
+                            graph_pool_handle=pool_handle).items():
         monkeypatch.setattr(torch.cuda, name, value)
     return state
 
@@ -112,6 +125,36 @@ def test_a_failed_capture_runs_eagerly_and_warns_once(monkeypatch, fake_cuda):
 def test_cpu_backends_are_refused():
     with pytest.raises(ValueError, match="cuda_graph=True needs device='cuda'"):
         CudaGraphBackend(ArithmeticBackend())
+
+
+def test_every_graph_allocates_from_the_backends_one_pool(fake_cuda):
+    """One shared pool instead of a private pool per graph (up to max_graphs of them)."""
+    graphs = CudaGraphBackend(_CudaLabelled(fake_cuda))
+    memory = torch.rand(4)
+    for n in (2, 3, 4):
+        graphs.run("double", x=torch.rand(n))
+    graphs.run("read", x=torch.rand(4), memory=memory)
+    assert len(graphs.captured) == 4 and fake_cuda.pools == [graphs.pool]
+    assert all(captured.graph.pool is graphs.pool for captured in graphs.captured.values())
+
+
+def test_graph_outputs_are_buffers_made_outside_the_shared_pool(fake_cuda):
+    """What the stage returns inside the capture is copied into buffers allocated before it: the pool
+    then holds only a replay's temporaries, which another graph's replay may overwrite."""
+    inner = _CudaLabelled(fake_cuda)
+    graphs = CudaGraphBackend(inner)
+    x = torch.rand(3)
+    y = graphs.run("double", x=x)["y"]
+    torch.testing.assert_close(y, 2 * x)
+    inside = [outputs for capturing, outputs in inner.returned if capturing]
+    assert len(inside) == 1 and len(inner.returned) == graphs.warmup + 1
+    assert all(y.data_ptr() != out.data_ptr() for out in inside[0])
+    assert graphs.run("double", x=x + 1)["y"] is y  # replayed into the same buffer
+
+
+def test_at_least_one_warm_up_run_gives_the_output_shapes(fake_cuda):
+    with pytest.raises(ValueError, match="at least one warm-up run"):
+        CudaGraphBackend(_CudaLabelled(), warmup=0)
 
 
 def _tensorrt_backend(engine: FakeEngine) -> TensorRTBackend:
