@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# ../shared beside the checkout, or VOSRT_SHARED (the GPU acceptance run, where only the repository travels).
+SHARED = Path(os.environ.get("VOSRT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 REFERENCE = SHARED / "reference"
 SYNTHETIC = SHARED / "data" / "synthetic-shapes"
 SYNTHETIC_LONG = SHARED / "data" / "synthetic-long"
