@@ -112,6 +112,8 @@ MODES = {
 
 @dataclass
 class Context:
+    """What every section reads: the data folder, the report folder, the mode and the device."""
+
     data: Path
     out: Path
     smoke: bool
