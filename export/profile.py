@@ -45,19 +45,18 @@ class EngineProfile:
         """This profile with ``max_mem_frames`` filled in from the ONNX manifest when None."""
         return replace(self, max_mem_frames=self.max_mem_frames or onnx_manifest["max_mem_frames"])
 
-    def input_shapes(self, onnx_manifest: dict) -> dict[str, dict[str, dict[str, list[int]]]]:
+    def input_shapes(self, onnx_manifest: dict, static: bool = False) -> dict[str, dict[str, dict[str, list[int]]]]:
         """``{stage: {input: {"min"|"opt"|"max": shape}}}`` for an export's stages.
 
         min: one object, one memory frame; opt and max: ``max_objects`` objects and a full
         memory (the family's ``memory_frames``). The image size is fixed, so TensorRT tunes for
-        exactly the frames it will see.
+        exactly the frames it will see. ``static``: min = opt = max, the only profile DLA takes.
         """
         family = MODELS[onnx_manifest["model"]].family
         frames = family.memory_frames(self.for_export(onnx_manifest).max_mem_frames)
-        static = family.sizes(onnx_manifest["architecture"])
-        corners = {"min": frame_sizes(*self.resolution, 1, 1) | static,
-                   "opt": frame_sizes(*self.resolution, self.max_objects, frames) | static,
-                   "max": frame_sizes(*self.resolution, self.max_objects, frames) | static}
+        fixed = family.sizes(onnx_manifest["architecture"])
+        full = frame_sizes(*self.resolution, self.max_objects, frames) | fixed
+        corners = {"min": full if static else frame_sizes(*self.resolution, 1, 1) | fixed, "opt": full, "max": full}
         return {name: {tensor.name: {corner: tensor.resolve(sizes) for corner, sizes in corners.items()}
                        for tensor in stage.inputs}
                 for name, stage in family.stages.items()}
@@ -66,7 +65,9 @@ class EngineProfile:
 @dataclass(frozen=True)
 class BuildOptions:
     """Builder settings. ``workspace_mib`` None: :data:`WORKSPACE_MIB`, or
-    :data:`SMALL_WORKSPACE_MIB` on Jetson or with a DLA core."""
+    :data:`SMALL_WORKSPACE_MIB` on Jetson or with a DLA core. With ``dla_core`` the profile is
+    static: DLA takes no dynamic dimensions, so a layer it could run sees exactly
+    ``max_objects`` objects and a full memory, or runs on the GPU."""
 
     profile: EngineProfile = EngineProfile()
     workspace_mib: int | None = None
@@ -77,6 +78,10 @@ class BuildOptions:
             raise ValueError(f"--dla-core must be >= 0, got {self.dla_core}")
         if self.workspace_mib is not None and self.workspace_mib < 1:
             raise ValueError(f"--workspace must be >= 1 MiB, got {self.workspace_mib}")
+
+    def input_shapes(self, onnx_manifest: dict) -> dict[str, dict[str, dict[str, list[int]]]]:
+        """The engines' profile shapes (see :meth:`EngineProfile.input_shapes`): static for DLA."""
+        return self.profile.input_shapes(onnx_manifest, static=self.dla_core is not None)
 
     @property
     def workspace(self) -> int:

@@ -69,7 +69,7 @@ def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, opt
     artifacts.register_custom_ops(onnx_manifest)
     output = Path(output) if output else onnx_dir / ENGINE_DIR
     timing_cache = (output / TIMING_CACHE).read_bytes() if (output / TIMING_CACHE).is_file() else b""
-    shapes = options.profile.input_shapes(onnx_manifest)
+    shapes = options.input_shapes(onnx_manifest)
     logger = trt.Logger(trt.Logger.WARNING)
     with artifacts.staged_directory(output) as staging:
         engines = {}

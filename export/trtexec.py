@@ -18,7 +18,7 @@ def trtexec_commands(onnx_dir: str | Path, onnx_manifest: dict, options: BuildOp
                          "plugin registers from Python: build its engines with export-engine --from-onnx, not trtexec")
     onnx_dir = Path(onnx_dir)
     engine_dir = Path(engine_dir) if engine_dir else onnx_dir / ENGINE_DIR
-    shapes = options.profile.input_shapes(onnx_manifest)
+    shapes = options.input_shapes(onnx_manifest)
     precision = ["--stronglyTyped"]
     if options.dla_core is not None:
         precision = [f"--useDLACore={options.dla_core}", "--allowGPUFallback", "--fp16"]  # TensorRT 10 DLA recipe

@@ -30,8 +30,12 @@ class SessionConfig:
             raise TypeError(f"unknown option(s) {unknown} for {model}; valid: {valid}")
         return cls(**options)
 
-    def check_engine_memory(self, engine_max_mem_frames: int, directory) -> None:
-        """ValueError unless engines built for ``engine_max_mem_frames`` hold this session's memory."""
+    def check_engine_memory(self, engine_max_mem_frames: int, directory, static: bool = False) -> None:
+        """ValueError unless engines built for ``engine_max_mem_frames`` hold this session's memory
+        (``static`` engines, DLA builds, hold exactly that memory)."""
+        if static and self.max_mem_frames != engine_max_mem_frames:
+            raise ValueError(f"the engines in {directory} were built with --dla-core for exactly max_mem_frames="
+                             f"{engine_max_mem_frames} (static shapes); pass max_mem_frames={engine_max_mem_frames}")
         if self.max_mem_frames > engine_max_mem_frames:
             raise ValueError(f"the engines in {directory} hold at most max_mem_frames={engine_max_mem_frames}; "
                              f"pass max_mem_frames <= {engine_max_mem_frames} or rebuild with --max-mem-frames")

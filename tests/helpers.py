@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# ../shared beside the checkout, or VOSRT_SHARED (the GPU acceptance run, where only the repository travels).
+SHARED = Path(os.environ.get("VOSRT_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 REFERENCE = SHARED / "reference"
 SYNTHETIC = SHARED / "data" / "synthetic-shapes"
 SYNTHETIC_LONG = SHARED / "data" / "synthetic-long"
+DAVIS = SHARED / "data" / "davis-examples"
 GOLDEN_CONFIG = dict(mem_every=3, max_mem_frames=3, top_k=30, stagger_updates=5, chunk_size=-1, max_internal_size=-1)
 JOINTFORMER_GOLDEN_CONFIG = dict(mem_every=3, max_mem_frames=2, top_k=30)  # ../shared/reference/README.md
 LONG_TERM_GOLDEN_CONFIG = dict(use_long_term=True, mem_every=1, long_term_max_mem_frames=4, long_term_min_mem_frames=2,
@@ -131,21 +133,3 @@ def assert_golden(results, max_dprob: float, min_iou: float = 0.98, ignore_ties:
     most_ties = max(results, key=lambda r: r[4])
     assert not ignore_ties or most_ties[4] <= max_ties, f"frame {most_ties[0]}: {most_ties[4]:.1%} near-tie pixels"
 
-
-DAVIS = SHARED / "data" / "davis-examples"
-
-
-def davis_label_maps(session, clip: str) -> list[np.ndarray]:
-    """``session``'s label maps for every frame of the DAVIS example ``clip``, given the clip's
-    masks on their frames (resized a pixel where the annotation is, as ``vosrt segment`` does)."""
-    from vosrt import io
-    from vosrt.pipeline import _read_mask
-
-    frames = io.list_frames(DAVIS / "images" / clip)
-    masks = {p.stem: p for p in (DAVIS / "masks" / clip).glob("*.png")}
-    labels = []
-    for i, frame in enumerate(frames):
-        image = io.read_rgb(frame)
-        mask = _read_mask(masks[frame.stem], image.shape[:2], lambda _: None)[0] if frame.stem in masks else None
-        labels.append(session.to_mask(session.step(image, mask, end=i == len(frames) - 1)))
-    return labels

@@ -131,5 +131,5 @@ def _tensorrt_backend(spec: ModelSpec, config: SessionConfig, device: torch.devi
     engine_dir = artifacts.engine_directory(export_dir)
     manifest = artifacts.read_manifest(engine_dir, artifacts.ENGINE_FORMAT)
     artifacts.check_fits(manifest, spec, config, fp16, export_dir)
-    config.check_engine_memory(manifest["max_mem_frames"], export_dir)
+    config.check_engine_memory(manifest["max_mem_frames"], export_dir, static=manifest["dla_core"] is not None)
     return TensorRTBackend(engine_dir, device)

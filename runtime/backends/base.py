@@ -8,8 +8,9 @@ call of that stage; copy what must outlive it.
 """
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -42,6 +43,13 @@ class Backend(ABC):
     @abstractmethod
     def _run(self, stage: StageSpec, inputs: list[torch.Tensor]) -> Sequence[torch.Tensor]:
         """The outputs of ``stage`` for its inputs in spec order, in spec order."""
+
+    def graph_runner(self, stage: StageSpec) -> Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]:
+        """What one CUDA graph of ``stage`` captures (see :mod:`.cuda_graphs`): inputs in spec order ->
+        outputs. A graph fixes whatever state its capture ran with, so a backend whose run state
+        changes from call to call (TensorRT's execution context: shapes, addresses) gives each graph
+        its own; by default it is :meth:`_run`."""
+        return functools.partial(self._run, stage)
 
 
 class BackendWrapper(Backend):

@@ -14,24 +14,38 @@ removed) get new graphs, up to ``max_graphs`` in all, the least recently used be
 beyond that. A stage whose capture fails (an op that synchronises with the host, say) runs
 eagerly from then on, with one warning. Returned tensors are the graph's static outputs:
 valid until the next replay of that graph.
+
+What each graph captures comes from the backend's :meth:`~.base.Backend.graph_runner`: for
+TensorRT a run on an execution context of the graph's own, since a captured graph fixes the
+shapes and addresses its context was set to.
+
+Memory: all graphs of a backend allocate from one shared pool (``torch.cuda.graph_pool_handle``)
+instead of a private pool each. Sharing is safe because nothing a replay leaves for later
+lives in the pool: a graph's static inputs and outputs are allocated outside the capture (the
+stage's own outputs are copied into them at the end of the graph), so the pool holds only what
+a replay uses and frees, and replays run one after another on one stream.
 """
 from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..stages import StageSpec
 from .base import Backend, BackendWrapper
 
+Runner = Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
+
 
 class CapturedStage:
-    """A captured stage call: static buffers of the copied inputs, the graph and its outputs."""
+    """A captured stage call: static buffers of the copied inputs and of the outputs, and the graph,
+    whose allocations come from the memory pool ``pool``. ``runner``: what the graph captures
+    (and the warm-up runs); kept for the graph's lifetime (it may own the graph's execution state)."""
 
-    def __init__(self, run: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]], inputs: list[torch.Tensor],
-                 in_place: set[int], warmup: int):
+    def __init__(self, runner: Runner, inputs: list[torch.Tensor], in_place: set[int], warmup: int, pool: Any):
+        self.runner = runner
         self.copied = {i: torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x)
                        for i, x in enumerate(inputs) if i not in in_place}
         args = [self.copied.get(i, x) for i, x in enumerate(inputs)]
@@ -40,11 +54,13 @@ class CapturedStage:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(warmup):
-                run(args)
+                shapes = [(x.shape, x.dtype) for x in runner(args)]
         torch.cuda.current_stream(device).wait_stream(side)
+        self.outputs = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes]
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = run(args)
+        with torch.cuda.graph(self.graph, pool=pool):
+            for static, output in zip(self.outputs, runner(args)):
+                static.copy_(output)
 
     def __call__(self, inputs: list[torch.Tensor]) -> Sequence[torch.Tensor]:
         for i, static in self.copied.items():
@@ -54,17 +70,20 @@ class CapturedStage:
 
 
 class CudaGraphBackend(BackendWrapper):
-    """``inner`` with every stage replayed as a CUDA graph per input signature. Sessions give it
-    their whole memory buffers (``fixed_shapes``), so a bucket's readout is one graph."""
-
+    """``inner`` with every stage replayed as a CUDA graph per input signature; ``warmup`` (>= 1)
+    eager runs before each capture. Sessions give it their whole memory buffers
+    (``fixed_shapes``), so a bucket's readout is one graph."""
 
     def __init__(self, inner: Backend, max_graphs: int = 64, warmup: int = 2):
         if inner.device.type != "cuda":
             raise ValueError("cuda_graph=True needs device='cuda' (CUDA graphs capture GPU work)")
+        if warmup < 1:
+            raise ValueError("CUDA graphs need at least one warm-up run before the capture")
         super().__init__(inner)
         self.fixed_shapes = True
         self.max_graphs = max_graphs
         self.warmup = warmup
+        self.pool = torch.cuda.graph_pool_handle()  # shared by every graph of this backend
         self.captured: OrderedDict[tuple, CapturedStage | None] = OrderedDict()  # None: runs eagerly
 
     @torch.inference_mode()
@@ -82,7 +101,7 @@ class CudaGraphBackend(BackendWrapper):
 
     def _capture(self, stage: StageSpec, inputs: list[torch.Tensor], in_place: set[int]) -> CapturedStage | None:
         try:
-            return CapturedStage(lambda args: self.inner._run(stage, args), inputs, in_place, self.warmup)
+            return CapturedStage(self.inner.graph_runner(stage), inputs, in_place, self.warmup, self.pool)
         except RuntimeError as err:  # e.g. a host synchronisation inside the stage
             warnings.warn(f"CUDA-graph capture of {stage.name} failed, running it eagerly: {str(err).splitlines()[0]}",
                           RuntimeWarning, stacklevel=4)

@@ -87,11 +87,11 @@ class CutieSessionConfig(SessionConfig):
         step = (self.mem_every - 1) / (self.stagger_updates - 1)
         return {round(1 + i * step) for i in range(self.stagger_updates)}
 
-    def check_engine_memory(self, engine_max_mem_frames: int, directory) -> None:
+    def check_engine_memory(self, engine_max_mem_frames: int, directory, static: bool = False) -> None:
         if self.use_long_term:
             raise ValueError("backend='tensorrt' engines are built for the working memory only; "
                              "use_long_term needs backend='torch' or 'onnxruntime' in this version")
-        super().check_engine_memory(engine_max_mem_frames, directory)
+        super().check_engine_memory(engine_max_mem_frames, directory, static)
 
     def export_settings(self) -> dict:
         return {"top_k": self.top_k}

@@ -10,12 +10,15 @@ STAGES = {
     "double": StageSpec("double", "double", (TensorSpec("x", ("K",)),), (TensorSpec("y", ("K",)),)),
     "read": StageSpec("read", "read", (TensorSpec("x", ("K",)), TensorSpec("memory", ("K",), memory=True)),
                       (TensorSpec("y", ("K",)),)),
+    "blend": StageSpec("blend", "blend", (TensorSpec("x", ("K",)), TensorSpec("memory", ("K",), memory=True)),
+                       (TensorSpec("y", ("K",)),)),
 }
 
 
 class ArithmeticBackend(Backend):
     """Stage ``double``: ``y = 2 x``; stage ``read``: ``y = x + memory`` (``memory`` is session memory,
-    read in place). ``host_sync``: ``double`` reads a value back to the host (cannot be captured)."""
+    read in place); stage ``blend``: ``y = 2 (3 x + memory)``, in three kernels with two temporaries.
+    ``host_sync``: ``double`` reads a value back to the host (cannot be captured)."""
 
     stages = STAGES
     architecture = {"size": 1}
@@ -32,4 +35,6 @@ class ArithmeticBackend(Backend):
             if self.host_sync:
                 float(inputs[0].sum())  # a device-to-host copy: not allowed while capturing
             return [2 * inputs[0]]
+        if stage.name == "blend":
+            return [(3 * inputs[0] + inputs[1]) * 2]
         return [inputs[0] + inputs[1]]

@@ -21,6 +21,8 @@ class FakeTensorRT(types.ModuleType):
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
         self.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK="gpu_fallback", FP16="fp16")
         self.DeviceType = types.SimpleNamespace(DLA="dla")
+        self.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+        self.ExecutionContextAllocationStrategy = types.SimpleNamespace(STATIC="static", USER_MANAGED="user_managed")
         fake = self
 
         class Config:
@@ -69,9 +71,16 @@ class FakeTensorRT(types.ModuleType):
 
 
 class FakeEngine:
-    """A deserialised engine with input ``x`` and output ``y`` of the same shape, ``[1..3, 4]``."""
+    """A deserialised engine with input ``x`` and output ``y`` of the same shape, ``[1..3, 4]``
+    (``static``: exactly ``[3, 4]``). ``contexts``: the execution contexts created, each
+    recording its allocation strategy, device memory, shapes and addresses and its runs."""
 
     num_io_tensors = 2
+    device_memory_size_v2 = 256
+
+    def __init__(self, static: bool = False):
+        self.static = static
+        self.contexts: list[FakeContext] = []
 
     def get_tensor_name(self, index):
         return ["x", "y"][index]
@@ -83,27 +92,36 @@ class FakeEngine:
         return types.SimpleNamespace(name="FLOAT")
 
     def get_tensor_profile_shape(self, name, profile):
-        return [(1, 4), (2, 4), (3, 4)]
+        return [(3, 4)] * 3 if self.static else [(1, 4), (2, 4), (3, 4)]
 
-    def create_execution_context(self):
-        engine = self
+    def create_execution_context(self, strategy="static"):
+        self.contexts.append(FakeContext(strategy))
+        return self.contexts[-1]
 
-        class Context:
-            shapes, addresses = {}, {}
 
-            def set_input_shape(self, name, shape):
-                self.shapes["y"] = shape
-                return True
+class FakeContext:
+    """An execution context of :class:`FakeEngine`: records what it is given."""
 
-            def get_tensor_shape(self, name):
-                return self.shapes[name]
+    def __init__(self, strategy):
+        self.strategy = strategy
+        self.device_memory = None
+        self.shapes, self.addresses = {}, {}
+        self.runs = 0
 
-            def set_tensor_address(self, name, address):
-                self.addresses[name] = address
-                return True
+    def set_device_memory(self, memory, size):
+        self.device_memory = (memory, size)
 
-            def execute_async_v3(self, stream):
-                engine.runs = getattr(engine, "runs", 0) + 1
-                return True
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = self.shapes["y"] = tuple(shape)
+        return True
 
-        return Context()
+    def get_tensor_shape(self, name):
+        return self.shapes[name]
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = address
+        return True
+
+    def execute_async_v3(self, stream):
+        self.runs += 1
+        return True

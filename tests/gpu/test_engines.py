@@ -1,16 +1,16 @@
 """TensorRT engines on a GPU: each engine against ONNX Runtime, the golden clips through engines,
-and fp16 engines on real clips. They need TensorRT and an NVIDIA GPU (marked ``tensorrt``)."""
+and fp16 engines per stage on real frames. They need TensorRT and an NVIDIA GPU (marked ``tensorrt``)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import vosrt
-from helpers import (GOLDEN_CONFIG, GPU_MAX_DPROB, JOINTFORMER_GOLDEN_CONFIG, assert_golden, davis_label_maps,
-                     mean_iou, run_golden_clip)
+from helpers import GOLDEN_CONFIG, GPU_MAX_DPROB, JOINTFORMER_GOLDEN_CONFIG, assert_golden, run_golden_clip
+from stage_errors import assert_fp16_noise, davis_frames, record_calls, stage_errors
 from vosrt.cli import main
 from vosrt.export.profile import BuildOptions, EngineProfile
 from vosrt.export.tensorrt import build_engines
+from vosrt.runtime.backends.tensorrt import TensorRTBackend
 from vosrt.runtime.registry import MODELS
 
 pytestmark = pytest.mark.tensorrt
@@ -59,18 +59,15 @@ def test_tensorrt_backend_reproduces_official_outputs(engines):
 
 @pytest.fixture(scope="module")
 def fp16_engines(cutie_export):
-    """fp16 engines of seed-1 cutie-small for the DAVIS examples (480x854, 4 objects)."""
+    """fp16 engines of seed-1 cutie-small for the DAVIS examples (480x854, 4 objects, 3 memory frames)."""
     return build_engines(cutie_export("cutie-small", "fp16"), options=BuildOptions(EngineProfile(4, (480, 854))),
                          progress=lambda _: None)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("clip", ["judo", "bike"])
-def test_fp16_engines_match_fp32_eager_on_real_clips(fp16_engines, seeded_weights, clip):
-    weights = seeded_weights("cutie-small")
-    reference = davis_label_maps(vosrt.load("cutie-small", weights=weights, device="cuda"), clip)
-    session = vosrt.load("cutie-small", backend="tensorrt", device="cuda", export_dir=fp16_engines, fp16=True,
-                         cuda_graph=True)
-    ious = [mean_iou(a, b) for a, b in zip(davis_label_maps(session, clip), reference)]
-    print(f"{clip}: fp16 engines vs fp32 eager, per-frame mIoU min {min(ious):.4f} mean {np.mean(ious):.4f}")
-    assert min(ious) >= 0.97
+def test_fp16_engines_stay_within_rounding_of_fp32(fp16_engines, seeded_weights):
+    """Each fp16 engine on the inputs an fp32 eager session recorded on judo (three objects joining on
+    frames 0, 5 and 8), against that session's outputs (tests/stage_errors.py says why not whole clips)."""
+    session = vosrt.load("cutie-small", weights=seeded_weights("cutie-small"), device="cuda", top_k=30,
+                         max_mem_frames=3)
+    calls = record_calls(session, davis_frames("judo", [(0, [1]), (1, None), (5, [2]), (6, None), (8, [3]), (9, None)]))
+    assert_fp16_noise(stage_errors(TensorRTBackend(fp16_engines, "cuda")._run, calls))

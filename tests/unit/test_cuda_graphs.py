@@ -1,21 +1,27 @@
 """CUDA-graph replay bookkeeping on the CPU: which calls share a graph, what is kept, what is
-passed through. The capture itself is replaced by a stand-in here; tests/gpu runs the real one."""
+passed through, which memory pool and which TensorRT execution context each graph uses. Either
+the capture is replaced by a stand-in, or torch.cuda's graph and stream calls are (``fake_cuda``:
+the capture then runs the stage once and a replay does nothing); tests/gpu runs the real ones."""
 from __future__ import annotations
 
+import contextlib
+import types
 import warnings
 
 import pytest
 import torch
 
-from fakes.backends import ArithmeticBackend
+from fakes.backends import STAGES, ArithmeticBackend
+from fakes.tensorrt import FakeEngine, FakeTensorRT
 from vosrt.runtime.backends import cuda_graphs
 from vosrt.runtime.backends.cuda_graphs import CudaGraphBackend
+from vosrt.runtime.backends.tensorrt import Engine, TensorRTBackend
 
 
 class _FakeCapture:
     """Stands in for a captured graph: records the inputs it copies and replays by calling the stage."""
 
-    def __init__(self, run, inputs, in_place, warmup):
+    def __init__(self, run, inputs, in_place, warmup, pool):
         self.run = run
         self.copied = [i for i in range(len(inputs)) if i not in in_place]
 
@@ -24,15 +30,55 @@ class _FakeCapture:
 
 
 class _CudaLabelled(ArithmeticBackend):
-    """CPU tensors, but a backend that says it is on CUDA (CudaGraphBackend checks the device)."""
+    """CPU tensors, but a backend that says it is on CUDA (CudaGraphBackend checks the device).
+    ``returned``: per call, whether it ran inside a (fake) capture and the outputs it returned."""
 
-    def __init__(self):
+    def __init__(self, cuda=None):
         super().__init__()
         self.device = torch.device("cuda")
+        self.cuda, self.returned = cuda, []
+
+    def _run(self, stage, inputs):
+        outputs = super()._run(stage, inputs)
+        self.returned.append((bool(self.cuda and self.cuda.capturing), outputs))
+        return outputs
 
 
 @pytest.fixture
-def graphs(monkeypatch):
+def fake_cuda(monkeypatch):
+    """torch.cuda's streams, graphs and graph pools as CPU stand-ins; ``capturing`` is set inside a capture,
+    ``pools``: the pool handles made."""
+    state = types.SimpleNamespace(capturing=False, pools=[])
+    stream = types.SimpleNamespace(wait_stream=lambda other: None, cuda_stream=0)
+
+    class Graph:
+        def __init__(self):
+            self.pool, self.replays = None, 0
+
+        def replay(self):
+            self.replays += 1
+
+    @contextlib.contextmanager
+    def capture(graph, pool=None):
+        graph.pool, state.capturing = pool, True
+        try:
+            yield
+        finally:
+            state.capturing = False
+
+    def pool_handle():
+        state.pools.append(object())
+        return state.pools[-1]
+
+    for name, value in dict(Stream=lambda device=None: stream, current_stream=lambda device=None: stream,
+                            stream=lambda s: contextlib.nullcontext(), CUDAGraph=Graph, graph=capture,
+                            graph_pool_handle=pool_handle).items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    return state
+
+
+@pytest.fixture
+def graphs(monkeypatch, fake_cuda):
     monkeypatch.setattr(cuda_graphs, "CapturedStage", _FakeCapture)
     return CudaGraphBackend(_CudaLabelled(), max_graphs=3)
 
@@ -61,7 +107,7 @@ def test_least_recently_used_graph_goes_first(graphs):
     assert [key[1][0][0] for key in graphs.captured] == [(4,), (2,), (5,)]
 
 
-def test_a_failed_capture_runs_eagerly_and_warns_once(monkeypatch):
+def test_a_failed_capture_runs_eagerly_and_warns_once(monkeypatch, fake_cuda):
     def fail(*args):
         raise RuntimeError("operation not permitted when stream is capturing\ndetails")
 
@@ -79,3 +125,66 @@ def test_a_failed_capture_runs_eagerly_and_warns_once(monkeypatch):
 def test_cpu_backends_are_refused():
     with pytest.raises(ValueError, match="cuda_graph=True needs device='cuda'"):
         CudaGraphBackend(ArithmeticBackend())
+
+
+def test_every_graph_allocates_from_the_backends_one_pool(fake_cuda):
+    """One shared pool instead of a private pool per graph (up to max_graphs of them)."""
+    graphs = CudaGraphBackend(_CudaLabelled(fake_cuda))
+    memory = torch.rand(4)
+    for n in (2, 3, 4):
+        graphs.run("double", x=torch.rand(n))
+    graphs.run("read", x=torch.rand(4), memory=memory)
+    assert len(graphs.captured) == 4 and fake_cuda.pools == [graphs.pool]
+    assert all(captured.graph.pool is graphs.pool for captured in graphs.captured.values())
+
+
+def test_graph_outputs_are_buffers_made_outside_the_shared_pool(fake_cuda):
+    """What the stage returns inside the capture is copied into buffers allocated before it: the pool
+    then holds only a replay's temporaries, which another graph's replay may overwrite."""
+    inner = _CudaLabelled(fake_cuda)
+    graphs = CudaGraphBackend(inner)
+    x = torch.rand(3)
+    y = graphs.run("double", x=x)["y"]
+    torch.testing.assert_close(y, 2 * x)
+    inside = [outputs for capturing, outputs in inner.returned if capturing]
+    assert len(inside) == 1 and len(inner.returned) == graphs.warmup + 1
+    assert all(y.data_ptr() != out.data_ptr() for out in inside[0])
+    assert graphs.run("double", x=x + 1)["y"] is y  # replayed into the same buffer
+
+
+def test_at_least_one_warm_up_run_gives_the_output_shapes(fake_cuda):
+    with pytest.raises(ValueError, match="at least one warm-up run"):
+        CudaGraphBackend(_CudaLabelled(), warmup=0)
+
+
+def _tensorrt_backend(engine: FakeEngine) -> TensorRTBackend:
+    """A TensorRT backend of one engine for stage ``double`` (x -> y), without an engine directory;
+    labelled CUDA, on CPU tensors."""
+    backend = object.__new__(TensorRTBackend)
+    backend.device, backend.stages, backend.architecture, backend.constants = (
+        torch.device("cuda"), {"double": STAGES["double"]}, {}, {})
+    backend.engines = {"double": Engine(FakeTensorRT(), engine, "double", torch.device("cpu"))}
+    return backend
+
+
+def test_each_tensorrt_graph_captures_an_execution_context_of_its_own(fake_cuda):
+    """A captured graph replays the shapes and addresses its context had at capture time: one context per
+    graph (per shape here), on the engine's shared activation memory; eager calls keep their own."""
+    engine = FakeEngine()
+    backend = _tensorrt_backend(engine)
+    graphs = CudaGraphBackend(backend)
+    small, large = torch.rand(2, 4), torch.rand(3, 4)
+    graphs.run("double", x=small)
+    graphs.run("double", x=large)
+    graphs.run("double", x=small + 1)  # replayed: no new context
+    eager, first, second = engine.contexts
+    static_inputs = {tuple(c.copied[0].shape): c.copied[0] for c in graphs.captured.values()}
+    assert first.shapes["x"] == (2, 4) and second.shapes["x"] == (3, 4)
+    assert first.addresses["x"] == static_inputs[2, 4].data_ptr()
+    assert second.addresses["x"] == static_inputs[3, 4].data_ptr()
+    assert first.runs == second.runs == graphs.warmup + 1 and eager.runs == 0
+    activations = backend.engines["double"].activations
+    assert {c.device_memory for c in engine.contexts} == {(activations.data_ptr(), FakeEngine.device_memory_size_v2)}
+    assert {c.strategy for c in engine.contexts} == {"user_managed"}
+    backend.run("double", x=large)
+    assert eager.runs == 1 and first.shapes["x"] == (2, 4)  # eager calls leave the graphs' contexts alone

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 import types
 
@@ -223,6 +224,45 @@ def test_dla_needs_an_fp16_export(onnx_dir, tmp_path, fake_gpu):
         tensorrt.build_engines(onnx_dir, tmp_path / "e", options=profile.BuildOptions(dla_core=0))
 
 
+def _as_fp16_export(onnx_dir, tmp_path):
+    """A copy of an export whose manifest says fp16 (what DLA builds ask for; the stand-in builder parses nothing)."""
+    copy = shutil.copytree(onnx_dir, tmp_path / "fp16-export")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "precision": "fp16"}))
+    return copy
+
+
+def test_dla_builds_have_static_profiles(onnx_dir, tmp_path, fake_gpu):
+    """DLA takes no dynamic dimensions: with --dla-core every input's profile is min = opt = max, the
+    dynamic build's max (max_objects objects, full memory), in the builder, the manifest and trtexec."""
+    export = _as_fp16_export(onnx_dir, tmp_path)
+    trt = fake_gpu(FakeTensorRT())
+    trt.Builder.num_DLA_cores = 2
+    options = profile.BuildOptions(profile.EngineProfile(2, (240, 320)), dla_core=1)
+    out = tensorrt.build_engines(export, tmp_path / "dla", options=options, progress=lambda _: None)
+    corners = [call[2:] for call in trt.calls if call[0] == "set_shape"]
+    assert len(corners) == sum(len(spec.inputs) for spec in SPECS.values())
+    assert all(low == opt == high for low, opt, high in corners)
+    dynamic = profile.EngineProfile(2, (240, 320)).input_shapes(read_manifest(export))
+    recorded = read_manifest(out, ENGINE_FORMAT)["input_shapes"]
+    assert recorded["memory_readout"]["memory_value"] == dict.fromkeys(("min", "opt", "max"),
+                                                                       dynamic["memory_readout"]["memory_value"]["max"])
+    assert ("set_flag", "gpu_fallback") in trt.calls and ("set_flag", "fp16") in trt.calls  # TensorRT 10 DLA
+    readout = next(line for line in trtexec_commands(export, read_manifest(export), options) if "memory_readout" in line)
+    shapes = {corner: readout.split(f"--{corner}Shapes=")[1].split()[0] for corner in ("min", "opt", "max")}
+    assert shapes["min"] == shapes["opt"] == shapes["max"] and "memory_value:1x2x256x900" in shapes["min"]
+
+
+def test_dla_engines_take_exactly_their_memory_size(onnx_dir, tmp_path, fake_gpu):
+    trt = fake_gpu(FakeTensorRT())
+    trt.Builder.num_DLA_cores = 1
+    out = tensorrt.build_engines(_as_fp16_export(onnx_dir, tmp_path), tmp_path / "dla",
+                                 options=profile.BuildOptions(dla_core=0), progress=lambda _: None)
+    with pytest.raises(ValueError, match=r"built with --dla-core for exactly max_mem_frames=3 .*pass max_mem_frames=3"):
+        vosrt.load("cutie-small", backend="tensorrt", device="cuda", export_dir=out, fp16=True, top_k=30,
+                   max_mem_frames=2)
+
+
 def test_custom_op_plugins_are_registered_when_the_manifest_lists_them(monkeypatch):
     from vosrt.kernels import trt_plugin
 
@@ -245,14 +285,25 @@ def test_tensorrt_backend_refuses_engines_built_elsewhere(export, tmp_path, fake
 
 def test_engine_call_reuses_its_output_buffers(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device: types.SimpleNamespace(cuda_stream=0))
-    trt = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="input", OUTPUT="output"))
-    run = Engine(trt, FakeEngine(), "decoder", torch.device("cpu"))
+    engine = FakeEngine()
+    run = Engine(FakeTensorRT(), engine, "decoder", torch.device("cpu"))
     y = run({"x": torch.zeros(2, 4)})["y"]
     again = run({"x": torch.ones(2, 4)})["y"]
-    assert again is y and run.context.addresses["y"] == y.data_ptr()
+    (context,) = engine.contexts
+    assert again is y and context.addresses["y"] == y.data_ptr()
     with pytest.raises(ValueError, match=r"input x has shape \[4, 4\], outside the engine's profile \[1, 4\]..\[3, 4\]"):
         run({"x": torch.zeros(4, 4)})
-    assert run.engine.runs == 2
+    assert context.runs == 2
+
+
+def test_static_engines_say_what_they_take(monkeypatch):
+    """DLA builds have min = opt = max profiles: any other shape is refused with what to do."""
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: types.SimpleNamespace(cuda_stream=0))
+    run = Engine(FakeTensorRT(), FakeEngine(static=True), "mask_decoder", torch.device("cpu"))
+    assert run({"x": torch.zeros(3, 4)})["y"].shape == (3, 4)
+    with pytest.raises(ValueError, match=r"shape \[2, 4\], but the engine was built for exactly \[3, 4\] .*"
+                                         r"exactly --max-objects objects"):
+        run({"x": torch.zeros(2, 4)})
 
 
 def test_jointformer_engines_must_fit_the_session(jointformer_export, tmp_path, fake_gpu):

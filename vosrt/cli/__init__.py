@@ -1,4 +1,4 @@
-"""Command line: ``vosrt segment | bench | eval | export | inspect | verify`` and ``export-engine``.
+"""Command line: ``vosrt segment | bench | eval | export | inspect | verify | doctor`` and ``export-engine``.
 
 Errors a user can fix (bad paths, wrong masks, wrong checkpoints, no GPU) print one line and
 exit with status 2; they never show a traceback. Each command lives in its own module, which
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, evaluation, export, inspect, segment, verify
+from . import bench, doctor, evaluation, export, inspect, segment, verify
 
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, OSError)
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_arguments(sub.add_parser("export", help="export ONNX graphs (and engines): same as export-engine"))
     inspect.add_parser(sub)
     verify.add_parser(sub)
+    doctor.add_parser(sub)
     return parser
 
 
