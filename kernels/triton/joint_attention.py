@@ -42,9 +42,10 @@ def k_pad(top_k: int) -> int:
 def bucket_config(kept: int) -> tuple[TileConfig, ...]:
     """The autotuning space for top-K bucket ``kept`` (the same for fp32 and fp16 inputs); the first
     is the default where autotuning is off and the TensorRT plugin's config. The running top-K
-    ``[block_q, kept]`` int64 lives in registers: past 64 kept keys only the narrow tile fits
-    without spills (wider tiles and 8 warps, 128 registers for two blocks per SM, spilled)."""
-    if kept <= 64:
+    ``[block_q, kept]`` int64 lives in registers: past 32 kept keys only the narrow tile compiled
+    without spills on both sm_90 and sm_87 (wider tiles, and 8 warps at 128 registers for two
+    blocks per SM, spilled)."""
+    if kept <= 32:
         return (TileConfig(16, 32, 8, 4), TileConfig(16, 64, 8, 4))
     return (TileConfig(16, 32, 8, 4),)
 

@@ -8,12 +8,15 @@ torch references; shapes and names as there).
 
 which is the readout's anisotropic L2 with its three terms as dot channels, the per-query term
 and the shrinkage applied in fp32 after the dot. With fp16 inputs the dot operands are fp16 and
-accumulate in fp32: ``qe``, ``mk`` enter exactly, the products ``2 qk qe`` and ``mk^2`` are
-rounded to fp16 once (an emulation at N = 8100, Ck = 64 put the score error at 8e-3 for scores
-of magnitude ~24 and the top-30 sets 99.99% equal to the exact ones; the official AMP path
-rounds the whole similarity to fp16). With fp32 inputs the operands stay fp32 and the dots run
-``tf32x3`` (three tf32 tensor-core products, about fp32 accuracy); Triton's interpreter computes
-every dot exactly in fp32.
+accumulate in fp32: ``qe`` and ``mk`` enter exactly, and the products ``2 qk qe`` and ``mk^2``
+as their fp16 rounding plus, in two more dots, their rounding residue (``RESIDUES``), which
+brings the score to about fp32 accuracy (an emulation at N = 8100, Ck = 64, scores of magnitude
+~24: max score error 8e-3 and 99.99% of the top-30 slots equal to the exact ones with the
+products rounded once, 2e-5 and 100% with the residues; a 1080p slice in the interpreter kept
+99.9% of the slots without the residues). The tensor-core work doubles, next to the selection
+that dominates. With fp32 inputs the operands stay fp32 and the dots run ``tf32x3`` (three tf32
+tensor-core products, about fp32 accuracy); Triton's interpreter computes every dot exactly in
+fp32, so tf32x3's accuracy has not been measured.
 
 **Selection** (:mod:`.select`): each program keeps, per query, the best ``K_PAD`` (score, slot)
 keys of its slots, ``K_PAD`` the top-K bucket (the next power of two >= top_k, at least 16).
@@ -50,12 +53,11 @@ MIN_SLOTS_PER_SPLIT = 512
 
 
 # The split kernel's autotuning space per input dtype; the first is the default where autotuning
-# is off. fp32 dots (tf32x3) hold three times the operand registers, hence narrower tiles. Every
-# config is 4 warps: at 8 (128 registers for two blocks per SM) ptxas spilled.
+# is off. fp32 dots (tf32x3) hold three times the operand registers, hence narrower tiles. All
+# 4 warps: at 8 (128 registers for two blocks per SM), and with 32-query blocks, ptxas spilled.
 SPLIT_CONFIGS = {
     torch.float16: (TileConfig(block_q=16, block_n=64, segments=8, num_warps=4),
-                    TileConfig(block_q=16, block_n=32, segments=8, num_warps=4),
-                    TileConfig(block_q=32, block_n=32, segments=8, num_warps=4)),
+                    TileConfig(block_q=16, block_n=32, segments=8, num_warps=4)),
     torch.float32: (TileConfig(block_q=16, block_n=32, segments=8, num_warps=4),
                     TileConfig(block_q=16, block_n=64, segments=8, num_warps=4)),
 }
@@ -84,30 +86,39 @@ def value_block(block_q: int, kept: int) -> int:
 @triton.jit
 def _query_operands(qk_ptr, qe_ptr, offs_q, q_in, Ck, stride_qkc, stride_qkq, stride_qec, stride_qeq,
                     CK_BLOCK: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """The query side of the similarity for ``BLOCK_Q`` queries: ``2 qk qe`` and ``-qe`` as dot
-    operands ``[BLOCK_Q, CK_BLOCK]`` and the fp32 term ``-sum_c qe qk^2`` ``[BLOCK_Q]``."""
+    """The query side of the similarity for ``BLOCK_Q`` queries: the dot operands ``2 qk qe``, its
+    rounding residue ``2 qk qe - DOT_DTYPE(2 qk qe)`` and ``-qe`` ``[BLOCK_Q, CK_BLOCK]``, and the fp32
+    term ``-sum_c qe qk^2`` ``[BLOCK_Q]``."""
     offs_c = tl.arange(0, CK_BLOCK)
     mask = q_in[:, None] & (offs_c[None, :] < Ck)
     qk = tl.load(qk_ptr + offs_q[:, None] * stride_qkq + offs_c[None, :] * stride_qkc, mask=mask, other=0.0)
     qe = tl.load(qe_ptr + offs_q[:, None] * stride_qeq + offs_c[None, :] * stride_qec, mask=mask, other=0.0)
     qk = qk.to(tl.float32)
     qe = qe.to(tl.float32)
-    return (2.0 * qk * qe).to(DOT_DTYPE), (-qe).to(DOT_DTYPE), -tl.sum(qe * qk * qk, axis=1)
+    product = 2.0 * qk * qe
+    rounded = product.to(DOT_DTYPE)
+    return rounded, (product - rounded.to(tl.float32)).to(DOT_DTYPE), (-qe).to(DOT_DTYPE), -tl.sum(qe * qk * qk, axis=1)
 
 
 @triton.jit
-def _tile_keys(query_a, query_b, query_bias, mk_ptr, ms_ptr, valid_ptr, n0, n_end, Ck, scale,
-               stride_mkc, stride_mkn, stride_msn, stride_validn,
-               BLOCK_N: tl.constexpr, CK_BLOCK: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+def _tile_keys(query_a, query_a_residue, query_b, query_bias, mk_ptr, ms_ptr, valid_ptr, n0, n_end, Ck, scale,
+               stride_mkc, stride_mkn, stride_msn, stride_validn, BLOCK_N: tl.constexpr, CK_BLOCK: tl.constexpr,
+               DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, RESIDUES: tl.constexpr):
     """Packed keys ``[BLOCK_Q, BLOCK_N]`` of slots ``n0 ..`` (``EMPTY`` at or past ``n_end`` and
-    where ``valid`` is False)."""
+    where ``valid`` is False). ``RESIDUES``: two more dots add the rounding residues of the
+    products ``2 qk qe`` and ``mk^2`` (fp16 operands)."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, CK_BLOCK)
     n_in = offs_n < n_end
     mk = tl.load(mk_ptr + offs_c[:, None] * stride_mkc + offs_n[None, :] * stride_mkn,
                  mask=(offs_c[:, None] < Ck) & n_in[None, :], other=0.0).to(tl.float32)
+    square = mk * mk
     sim = tl.dot(query_a, mk.to(DOT_DTYPE), input_precision=PRECISION)
-    sim = tl.dot(query_b, (mk * mk).to(DOT_DTYPE), sim, input_precision=PRECISION)
+    sim = tl.dot(query_b, square.to(DOT_DTYPE), sim, input_precision=PRECISION)
+    if RESIDUES:
+        sim = tl.dot(query_a_residue, mk.to(DOT_DTYPE), sim, input_precision=PRECISION)
+        sim = tl.dot(query_b, (square - square.to(DOT_DTYPE).to(tl.float32)).to(DOT_DTYPE), sim,
+                     input_precision=PRECISION)
     ms = tl.load(ms_ptr + offs_n * stride_msn, mask=n_in, other=1.0).to(tl.float32)
     live = tl.load(valid_ptr + offs_n * stride_validn, mask=n_in, other=0) != 0
     score = (sim + query_bias[:, None]) * (ms * scale)[None, :]
@@ -119,16 +130,17 @@ def _tile_keys(query_a, query_b, query_bias, mk_ptr, ms_ptr, valid_ptr, n0, n_en
 def _top_keys(qk_ptr, qe_ptr, mk_ptr, ms_ptr, valid_ptr, offs_q, q_in, n_begin, n_end, Ck,
               stride_qkc, stride_qkq, stride_qec, stride_qeq, stride_mkc, stride_mkn, stride_msn, stride_validn,
               K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, SEGMENTS: tl.constexpr, CK_BLOCK: tl.constexpr,
-              DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+              DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, RESIDUES: tl.constexpr):
     """The best ``K_PAD`` keys ``[BLOCK_Q, K_PAD]`` (sorted descending) of slots ``n_begin .. n_end``
     for the queries ``offs_q``."""
     scale = 1.0 / tl.sqrt_rn(Ck.to(tl.float32))
-    query_a, query_b, query_bias = _query_operands(qk_ptr, qe_ptr, offs_q, q_in, Ck, stride_qkc, stride_qkq,
-                                                   stride_qec, stride_qeq, CK_BLOCK, DOT_DTYPE)
+    query_a, query_a_residue, query_b, query_bias = _query_operands(
+        qk_ptr, qe_ptr, offs_q, q_in, Ck, stride_qkc, stride_qkq, stride_qec, stride_qeq, CK_BLOCK, DOT_DTYPE)
     running = select.empty_rows(offs_q.shape[0], K_PAD)
     for n0 in range(n_begin, n_end, BLOCK_N):
-        keys = _tile_keys(query_a, query_b, query_bias, mk_ptr, ms_ptr, valid_ptr, n0, n_end, Ck, scale,
-                          stride_mkc, stride_mkn, stride_msn, stride_validn, BLOCK_N, CK_BLOCK, DOT_DTYPE, PRECISION)
+        keys = _tile_keys(query_a, query_a_residue, query_b, query_bias, mk_ptr, ms_ptr, valid_ptr, n0, n_end, Ck,
+                          scale, stride_mkc, stride_mkn, stride_msn, stride_validn, BLOCK_N, CK_BLOCK, DOT_DTYPE,
+                          PRECISION, RESIDUES)
         running = select.add_tile(running, keys, SEGMENTS)
     return running
 
@@ -163,6 +175,7 @@ def _readout_split_kernel(
     keys_ptr,
     K_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     SEGMENTS: tl.constexpr, CK_BLOCK: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    RESIDUES: tl.constexpr,
 ):
     """Program (query block, split, batch item): the best keys of the split's slots, written to
     ``keys[b, split, q, :]`` (workspace ``[B, splits, HW, K_PAD]`` int64, contiguous)."""
@@ -175,7 +188,7 @@ def _readout_split_kernel(
                         ms_ptr + b * stride_msb, valid_ptr + b * stride_validb, offs_q, q_in,
                         split * chunk, tl.minimum(N, (split + 1) * chunk), Ck,
                         stride_qkc, stride_qkq, stride_qec, stride_qeq, stride_mkc, stride_mkn, stride_msn,
-                        stride_validn, K_PAD, BLOCK_N, SEGMENTS, CK_BLOCK, DOT_DTYPE, PRECISION)
+                        stride_validn, K_PAD, BLOCK_N, SEGMENTS, CK_BLOCK, DOT_DTYPE, PRECISION, RESIDUES)
     rows = (b * splits + split) * HW + offs_q
     tl.store(keys_ptr + rows[:, None] * K_PAD + tl.arange(0, K_PAD)[None, :], running, mask=q_in[:, None])
 
@@ -218,6 +231,7 @@ def _readout_kernel(
     out_ptr,
     K_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, SEGMENTS: tl.constexpr,
     BLOCK_V: tl.constexpr, CK_BLOCK: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    RESIDUES: tl.constexpr,
 ):
     """Program (query block, batch item): selection over all N slots and the readout, in one
     launch without workspace (what the TensorRT plugin runs; no usage)."""
@@ -227,7 +241,7 @@ def _readout_kernel(
     running = _top_keys(qk_ptr + b * stride_qkb, qe_ptr + b * stride_qeb, mk_ptr + b * stride_mkb,
                         ms_ptr + b * stride_msb, valid_ptr + b * stride_validb, offs_q, q_in, 0, N, Ck,
                         stride_qkc, stride_qkq, stride_qec, stride_qeq, stride_mkc, stride_mkn, stride_msn,
-                        stride_validn, K_PAD, BLOCK_N, SEGMENTS, CK_BLOCK, DOT_DTYPE, PRECISION)
+                        stride_validn, K_PAD, BLOCK_N, SEGMENTS, CK_BLOCK, DOT_DTYPE, PRECISION, RESIDUES)
     _write_readout(running, top_k, mv_ptr + b * stride_mvb, out_ptr + b * stride_ob, None, offs_q, q_in, V,
                    stride_mvv, stride_mvn, stride_ov, stride_oq, BLOCK_V)
 
@@ -257,7 +271,7 @@ def kernel_constants(top_k: int, ck: int, dtype: torch.dtype, config: TileConfig
     """The compile-time constants the split and single kernels share."""
     check_dot_blocks(block_q=config.block_q, block_n=config.block_n)
     return dict(K_PAD=k_pad(top_k), BLOCK_Q=config.block_q, BLOCK_N=config.block_n, SEGMENTS=config.segments,
-                CK_BLOCK=max(16, 1 << (ck - 1).bit_length()), **dot_types(dtype))
+                CK_BLOCK=max(16, 1 << (ck - 1).bit_length()), RESIDUES=dtype == torch.float16, **dot_types(dtype))
 
 
 def _slot_major(memory_value: torch.Tensor) -> torch.Tensor:
