@@ -1,155 +1,173 @@
-"""Micro-benchmark: fused Triton top-K readout vs the torch reference on a CUDA GPU.
+"""GPU micro-benchmark of the top-K kernels against their torch paths.
 
-Cutie at 480x854 reads 30x54 = 1620 query tokens against N = T * 1620 memory slots
-(T memory frames) with Ck = 64 key channels and V = objects * 256 value channels.
-For each T, object count and input dtype this times both implementations with
-``triton.testing.do_bench`` (median ms) and prints a table with the speed-up and the
-kernel's achieved bandwidth, counting the bytes of the memory keys, shrinkage and
-values and of the query keys and selection read once and of the fp32 output written
-once (the valid mask is left out). ``max_err`` is the largest absolute difference
-between the two outputs; a rare near-tie at the top-k boundary can make one query
-pick a different slot there.
+**Readout** (Cutie): the Triton kernels (:func:`vosrt.kernels.topk_readout` on CUDA: split +
+merge, autotuned) against both torch paths, :func:`~vosrt.kernels.topk_readout_reference` (the
+official dense formulation) and :func:`~vosrt.kernels.topk_readout_gather` (what the exported
+graphs compute), at 480p (HW = 30 x 54 = 1620 query tokens; N = 1, 5, 10 memory frames of 1620
+slots; 1 and 4 objects; fp32 and fp16 inputs) and 1080p (HW = 68 x 120 = 8160; N = 5 frames),
+Ck = 64, value dim 256 per object, top-30. **Joint attention** (JointFormer): the kernel against
+:func:`~vosrt.kernels.topk_joint_attention_reference`, 12 heads of 64, N = 1620 current tokens,
+M = 5 x 1620 reference tokens, top-30 and top-180.
 
-Run from the repository root::
+Each row: median milliseconds by ``triton.testing.do_bench``, achieved TFLOP/s and GB/s of the
+kernel on the work the op needs (readout: the similarity, 2 N HW 2 Ck flops, plus the kept
+values, 2 k V HW; joint attention: the scores of every token plus ``p @ v`` of the current and
+kept tokens; the inputs read once and the output written once), the roofline bound of that
+work on the device (``PEAKS``: dense fp16 tensor-core rate for fp16, the fp32 non-tensor rate
+for fp32 as ../shared/docs/peers.md (c) bounds the official fp32 path, and DRAM bandwidth; an
+H100 SXM's figures from peers.md), and the largest difference from the reference output.
 
-    python benchmarks/bench_topk_readout.py --json benchmarks/results/topk_readout.json
+    python benchmarks/bench_topk_readout.py --budget-s 300 --json benchmarks/results/topk-kernels-<gpu>.json
 
-Options pick the sweep (``--frames 1,5,10,20 --objects 1,8 --dtypes fp16``), the
-kernel's block sizes, and ``--peak-gbps`` where the device's peak bandwidth cannot be
-queried. Without a CUDA GPU it exits with status 1 and a one-line message.
+``run(budget_s)`` is the same for the GPU acceptance script: it returns the rows measured
+before the budget ran out (and the cases left out). Without a CUDA GPU it measures nothing:
+``run`` says so in its result and the command prints one line and exits with status 0.
 """
-
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-try:
-    import triton.testing
-except ImportError:  # reported by main()
-    triton = None
+from vosrt.kernels import (topk_joint_attention, topk_joint_attention_reference, topk_readout, topk_readout_gather,
+                           topk_readout_reference)
 
-from vosrt.kernels.readout import topk_readout_reference, topk_readout_triton
-
-QUERY_TOKENS = 30 * 54  # 480x854 at stride 16
 KEY_CHANNELS = 64
 VALUE_CHANNELS_PER_OBJECT = 256
+TOP_K = 30
+RESOLUTIONS = {"480p": 30 * 54, "1080p": 68 * 120}
+READOUT_CASES = ([("480p", frames, objects, dtype) for dtype in ("fp16", "fp32") for objects in (1, 4)
+                  for frames in (1, 5, 10)]
+                 + [("1080p", 5, objects, dtype) for dtype in ("fp16", "fp32") for objects in (1, 4)])
+JOINT_CASES = [(top_k, dtype) for dtype in ("fp16", "fp32") for top_k in (30, 180)]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# name substring -> (fp16 tensor TFLOP/s dense, fp32 non-tensor TFLOP/s, DRAM TB/s); the first that matches.
+PEAKS = {"H100": (989.0, 66.9, 3.35), "H200": (989.0, 66.9, 4.8)}
+NO_GPU = "bench_topk_readout: no CUDA GPU, nothing measured (the kernels' timings need one)"
 
 
-def int_list(text: str) -> list[int]:
-    """``"1,2,8"`` or a range ``"1-20"`` -> list of ints."""
-    if "-" in text:
-        first, last = (int(x) for x in text.split("-"))
-        return list(range(first, last + 1))
-    return [int(x) for x in text.split(",")]
-
-
-def dtype_list(text: str) -> list[str]:
-    """``"fp32,fp16"`` -> names checked against DTYPES."""
-    names = text.split(",")
-    unknown = sorted(set(names) - set(DTYPES))
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown dtype(s) {unknown}; choose from {list(DTYPES)}")
-    return names
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int_list, default=int_list("1-20"), help="memory frames T (default 1-20)")
-    parser.add_argument("--objects", type=int_list, default=int_list("1-8"), help="objects (default 1-8)")
-    parser.add_argument("--dtypes", type=dtype_list, default=list(DTYPES), help="fp32,fp16")
-    parser.add_argument("--top-k", type=int, default=30)
-    parser.add_argument("--block-q", type=int, default=16)
-    parser.add_argument("--block-n", type=int, default=64)
-    parser.add_argument("--block-v", type=int, default=8)
-    parser.add_argument("--num-warps", type=int, default=4)
-    parser.add_argument("--peak-gbps", type=float, help="peak DRAM bandwidth, if it cannot be queried")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    return parser.parse_args(argv)
-
-
-def make_inputs(frames: int, objects: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Random readout inputs on the GPU for T = frames memory frames (see topk_readout's docstring)."""
-    n_slots, hw, ck = frames * QUERY_TOKENS, QUERY_TOKENS, KEY_CHANNELS
+def readout_inputs(hw: int, n_slots: int, objects: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Random readout inputs on the GPU (shapes as in :mod:`vosrt.kernels.readout`), values slot-major."""
     kwargs = dict(device="cuda", dtype=dtype)
-    return [
-        torch.randn(1, ck, hw, **kwargs),
-        torch.rand(1, ck, hw, **kwargs).clamp_(0.01, 0.99),
-        torch.randn(1, ck, n_slots, **kwargs),
-        1 + 4 * torch.rand(1, 1, n_slots, **kwargs),
-        torch.randn(1, objects * VALUE_CHANNELS_PER_OBJECT, n_slots, **kwargs),
-        torch.ones(1, n_slots, device="cuda", dtype=torch.bool),
-    ]
+    values = torch.randn(1, n_slots, objects * VALUE_CHANNELS_PER_OBJECT, **kwargs).transpose(1, 2)
+    return [torch.randn(1, KEY_CHANNELS, hw, **kwargs), torch.rand(1, KEY_CHANNELS, hw, **kwargs).clamp_(0.01, 0.99),
+            torch.randn(1, KEY_CHANNELS, n_slots, **kwargs), 1 + 4 * torch.rand(1, 1, n_slots, **kwargs), values,
+            torch.ones(1, n_slots, device="cuda", dtype=torch.bool)]
 
 
-def bytes_moved(inputs: list[torch.Tensor]) -> int:
-    """Bytes of the float inputs read once plus the fp32 ``[B, V, HW]`` output written once."""
-    qk, _, _, _, mv, _ = inputs
-    read = sum(t.numel() * t.element_size() for t in inputs[:5])
-    return read + qk.shape[0] * mv.shape[1] * qk.shape[2] * 4
+def readout_work(inputs: list[torch.Tensor]) -> tuple[float, float]:
+    """(flops, bytes) the top-K readout needs: the similarity and the kept values; every input read
+    once and the fp32 output written once."""
+    qk, _, mk, _, mv, _ = inputs
+    hw, n_slots, values = qk.shape[2], mk.shape[2], mv.shape[1]
+    flops = 2.0 * n_slots * hw * 2 * KEY_CHANNELS + 2.0 * TOP_K * values * hw
+    return flops, sum(t.numel() * t.element_size() for t in inputs) + 4.0 * values * hw
 
 
-def peak_gbps(override: float | None) -> float | None:
-    """The device's peak DRAM bandwidth in GB/s: ``override`` if given, else queried, else None."""
-    if override is not None:
-        return override
-    try:
-        return triton.testing.get_dram_gbps()
-    except Exception:  # a triton or driver that does not report it
+def roofline_ms(flops: float, nbytes: float, dtype: str) -> float | None:
+    """The work's lower bound in ms on this device from ``PEAKS`` (None for an unlisted device)."""
+    name = torch.cuda.get_device_name()
+    peaks = next((p for key, p in PEAKS.items() if key in name), None)
+    if peaks is None:
         return None
+    tensor_fp16, cuda_fp32, tbps = peaks
+    rate = tensor_fp16 if dtype == "fp16" else cuda_fp32
+    return max(flops / (rate * 1e12), nbytes / (tbps * 1e12)) * 1e3
 
 
-def bench_one(frames: int, objects: int, dtype_name: str, args: argparse.Namespace) -> dict:
-    """Time reference and kernel on one configuration; returns a result row."""
-    inputs = make_inputs(frames, objects, DTYPES[dtype_name])
-    blocks = dict(BLOCK_Q=args.block_q, BLOCK_N=args.block_n, BLOCK_V=args.block_v, num_warps=args.num_warps)
-    triton_out = topk_readout_triton(*inputs, args.top_k, **blocks)
-    max_err = (triton_out - topk_readout_reference(*inputs, args.top_k)).abs().max().item()
-    ref_ms = triton.testing.do_bench(lambda: topk_readout_reference(*inputs, args.top_k), return_mode="median")
-    triton_ms = triton.testing.do_bench(lambda: topk_readout_triton(*inputs, args.top_k, **blocks),
-                                        return_mode="median")
-    return dict(frames=frames, objects=objects, dtype=dtype_name, n_slots=inputs[2].shape[2],
-                values=inputs[4].shape[1], ref_ms=ref_ms, triton_ms=triton_ms, speedup=ref_ms / triton_ms,
-                triton_gbps=bytes_moved(inputs) / triton_ms / 1e6, max_err=max_err)
+def timed(fn: Callable[[], torch.Tensor]) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, return_mode="median")
 
 
-def print_row(row: dict, peak: float | None) -> None:
-    pct = f"{100 * row['triton_gbps'] / peak:6.1f}%" if peak else "      -"
-    print(f"{row['frames']:>3} {row['objects']:>4} {row['dtype']:>5} {row['n_slots']:>6} {row['values']:>5} "
-          f"{row['ref_ms']:>9.3f} {row['triton_ms']:>9.3f} {row['speedup']:>7.2f}x {row['triton_gbps']:>8.1f} "
-          f"{pct} {row['max_err']:>9.2e}", flush=True)
+def bench_readout(resolution: str, frames: int, objects: int, dtype: str) -> dict:
+    """One readout row: kernel, dense reference and gather path."""
+    hw = RESOLUTIONS[resolution]
+    inputs = readout_inputs(hw, frames * hw, objects, DTYPES[dtype])
+    expected = topk_readout_reference(*inputs, TOP_K)
+    error = (topk_readout(*inputs, TOP_K) - expected).abs().max().item()  # also autotunes, once per shape
+    ms = {name: timed(lambda f=f: f(*inputs, TOP_K)) for name, f in
+          (("kernel", topk_readout), ("reference", topk_readout_reference), ("gather", topk_readout_gather))}
+    flops, nbytes = readout_work(inputs)
+    return dict(kind="readout", resolution=resolution, frames=frames, objects=objects, dtype=dtype, hw=hw,
+                n_slots=frames * hw, kernel_ms=ms["kernel"], reference_ms=ms["reference"], gather_ms=ms["gather"],
+                speedup_vs_reference=ms["reference"] / ms["kernel"], speedup_vs_gather=ms["gather"] / ms["kernel"],
+                kernel_tflops=flops / ms["kernel"] / 1e9, kernel_gbps=nbytes / ms["kernel"] / 1e6,
+                roofline_ms=roofline_ms(flops, nbytes, dtype), max_abs_error=error)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def bench_joint(top_k: int, dtype: str, heads: int = 12, head_dim: int = 64, frames: int = 5) -> dict:
+    """One joint-attention row at 480p: kernel against the reference."""
+    n = RESOLUTIONS["480p"]
+    kwargs = dict(device="cuda", dtype=DTYPES[dtype])
+    q, k, v = (torch.randn(1, heads, n, head_dim, **kwargs) for _ in range(3))
+    ref_k, ref_v = (torch.randn(1, heads, frames * n, head_dim, **kwargs) for _ in range(2))
+    valid = torch.ones(1, frames * n, device="cuda", dtype=torch.bool)
+    inputs = (q, k, v, ref_k, ref_v, valid)
+    error = (topk_joint_attention(*inputs, top_k).float() - topk_joint_attention_reference(*inputs, top_k).float())
+    ms = {name: timed(lambda f=f: f(*inputs, top_k)) for name, f in
+          (("kernel", topk_joint_attention), ("reference", topk_joint_attention_reference))}
+    flops = 2.0 * heads * n * head_dim * ((frames * n + n) + (n + top_k))  # scores of every token; p @ v of the kept
+    nbytes = sum(t.numel() * t.element_size() for t in inputs) + q.numel() * q.element_size()
+    return dict(kind="joint_attention", top_k=top_k, dtype=dtype, heads=heads, n=n, m=frames * n,
+                kernel_ms=ms["kernel"], reference_ms=ms["reference"],
+                speedup_vs_reference=ms["reference"] / ms["kernel"],
+                kernel_tflops=flops / ms["kernel"] / 1e9, roofline_ms=roofline_ms(flops, nbytes, dtype),
+                max_abs_error=error.abs().max().item())
+
+
+def run(budget_s: float) -> dict:
+    """Measure the cases in order until ``budget_s`` seconds have passed; returns ``{"device", "rows",
+    "left_out"}``, or ``{"skipped": reason}`` without a CUDA GPU."""
     if not torch.cuda.is_available():
-        sys.exit("bench_topk_readout: no CUDA GPU available; this benchmark needs one")
-    if triton is None:
-        sys.exit("bench_topk_readout: triton is not installed; pip install 'vosrt[kernels]'")
-    device = torch.cuda.get_device_name()
-    peak = peak_gbps(args.peak_gbps)
-    print(f"{device}; peak DRAM bandwidth: {f'{peak:.0f} GB/s' if peak else 'unknown (pass --peak-gbps)'}; "
-          f"HW={QUERY_TOKENS} Ck={KEY_CHANNELS} top_k={args.top_k}")
-    print("  T  obj dtype      N     V    ref ms trit. ms speed-up     GB/s  %peak   max_err")
-    rows = []
-    for dtype_name in args.dtypes:
-        for objects in args.objects:
-            for frames in args.frames:
-                rows.append(bench_one(frames, objects, dtype_name, args))
-                print_row(rows[-1], peak)
+        return dict(skipped=NO_GPU)
+    started = time.perf_counter()
+    cases = ([(bench_readout, case) for case in READOUT_CASES] + [(bench_joint, case) for case in JOINT_CASES])
+    rows, left_out = [], []
+    for bench, case in cases:
+        if time.perf_counter() - started > budget_s:
+            left_out.append([bench.__name__, *case])
+            continue
+        rows.append(bench(*case))
+        torch.cuda.empty_cache()
+    return dict(device=torch.cuda.get_device_name(), top_k=TOP_K, rows=rows, left_out=left_out)
+
+
+def print_rows(result: dict) -> None:
+    print(result["device"])
+    for row in result["rows"]:
+        label = (f"readout {row['resolution']} T={row['frames']} obj={row['objects']} {row['dtype']}"
+                 if row["kind"] == "readout" else f"joint top-{row['top_k']} {row['dtype']}")
+        torch_paths = f"ref {row['reference_ms']:.3f} ms" + (f", gather {row['gather_ms']:.3f} ms"
+                                                             if "gather_ms" in row else "")
+        bound = f", bound {row['roofline_ms']:.3f} ms" if row["roofline_ms"] else ""
+        print(f"{label:40s} kernel {row['kernel_ms']:.3f} ms ({row['kernel_tflops']:.1f} TFLOP/s{bound}); "
+              f"{torch_paths}; max |err| {row['max_abs_error']:.1e}")
+    for case in result["left_out"]:
+        print("left out (budget):", *case)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-s", type=float, default=600.0, help="stop starting cases after this many seconds")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    result = run(args.budget_s)
+    if "skipped" in result:
+        print(result["skipped"])
+        return 0
+    print_rows(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = dict(device=device, peak_gbps=peak, query_tokens=QUERY_TOKENS, key_channels=KEY_CHANNELS,
-                    top_k=args.top_k, block_q=args.block_q, block_n=args.block_n, block_v=args.block_v,
-                    num_warps=args.num_warps)
-        args.json.write_text(json.dumps(dict(meta, results=rows), indent=2))
-        print(f"wrote {args.json}")
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""JointFormer's top-K joint attention: the plain-torch reference.
+"""JointFormer's top-K joint attention: the plain-torch reference and the dispatcher to the Triton kernel.
 
 In a JointFormer joint block every current-frame token attends, per head, to all
 current-frame tokens and to the ``top_k`` best-scoring reference tokens; one softmax runs
@@ -18,25 +18,19 @@ Shapes: ``q, k, v`` ``[B, Hd, N, D]``; ``ref_k, ref_v`` ``[B, Hd, M, D]``; ``ref
 ``[B, M]`` bool (False: an empty slot of a preallocated buffer, never selected while enough
 valid tokens exist and weighted 0 otherwise) or None; returns ``[B, Hd, N, D]``.
 
-:func:`topk_joint_attention_triton` is the fused kernel (``topk_range='all_frames'``): it
-never materialises the ``N x M`` score matrix. It reuses the packed (score, index) keys and
-the bitonic top-K merge of :mod:`.readout`; like that kernel, triton is imported only
-when it first runs (set ``TRITON_INTERPRET=1`` before that to run it on CPU tensors).
-:func:`topk_joint_attention` picks the kernel for CUDA tensors and the reference otherwise.
+:func:`topk_joint_attention` dispatches to the Triton kernel of
+:mod:`vosrt.kernels.triton.joint_attention` (``topk_range='all_frames'``; it never materialises
+the ``N x M`` score matrix) for CUDA tensors when triton is installed, ``top_k <=
+KERNEL_MAX_TOP_K`` and no ONNX export is running, and to the reference otherwise. This module
+never imports triton; the dispatcher imports the kernel when it first runs.
 """
 from __future__ import annotations
 
-import functools
-from typing import Callable
-
 import torch
 
-from . import readout
+from .readout import triton_available
 
-# Bound by _jit_kernel(): triton, its language module, and topk_readout's jitted helpers.
-triton = None
-tl = None
-_pack = _unpack = _merge_top = None
+KERNEL_MAX_TOP_K = 256  # the Triton kernel's largest top_k (top-K buckets 32, 64, 128, 256)
 
 
 def topk_joint_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref_k: torch.Tensor,
@@ -79,123 +73,18 @@ def _weighted_gather(values: torch.Tensor, index: torch.Tensor, weights: torch.T
     return (weights.unsqueeze(-2) @ picked).squeeze(-2)
 
 
-# --------------------------------------------------------------------------- triton
-
-
-def _topk_joint_attention_kernel(
-    q_ptr, k_ptr, v_ptr, rk_ptr, rv_ptr, valid_ptr,
-    N, M, heads, top_k,
-    stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn,
-    stride_rkb, stride_rkm, stride_rvb, stride_rvm, stride_validb, stride_validm, stride_ob, stride_on,
-    out_ptr,
-    D: tl.constexpr, LOG_K: tl.constexpr, LOG_BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
-):
-    """One program per (BLOCK_Q queries, batch * head). Pass 1 streams the reference tokens,
-    keeping each query's best 2**LOG_K (score, index) keys; the kept scores start an online
-    softmax (their values gathered), which pass 2 extends over the current-frame tokens.
-    Tensors are ``[B * Hd, tokens, D]`` with unit stride over D. Arguments are ordered inputs,
-    integer scalars, output (the scale 1/sqrt(D) is derived here), as TensorRT's ahead-of-time
-    plugins launch a kernel (see ``trt_plugin``)."""
-    scale = 1.0 / tl.sqrt_rn(tl.full([], D, tl.float32))
-    bh = tl.program_id(1).to(tl.int64)
-    q_ptr += bh * stride_qb
-    k_ptr += bh * stride_kb
-    v_ptr += bh * stride_vb
-    rk_ptr += bh * stride_rkb
-    rv_ptr += bh * stride_rvb
-    valid_ptr += (bh // heads) * stride_validb
-    out_ptr += bh * stride_ob
-    offs_q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_mask = offs_q < N
-    offs_d = tl.arange(0, D)
-    q = tl.load(q_ptr + offs_q[:, None] * stride_qn + offs_d[None, :], mask=q_mask[:, None], other=0.0)
-    q = q.to(tl.float32) * scale
-
-    running = _pack(tl.full([BLOCK_Q, 2**LOG_K], float("-inf"), tl.float32), tl.zeros([BLOCK_Q, 2**LOG_K], tl.int32))
-    for m0 in range(0, M, 2**LOG_BLOCK_M):
-        offs_m = m0 + tl.arange(0, 2**LOG_BLOCK_M)
-        live = tl.load(valid_ptr + offs_m * stride_validm, mask=offs_m < M, other=0) != 0
-        rk = tl.load(rk_ptr + offs_m[:, None] * stride_rkm + offs_d[None, :], mask=live[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(rk.to(tl.float32)), input_precision="ieee")
-        scores = tl.where(live[None, :], scores, float("-inf"))
-        running = _merge_top(running, _pack(scores, tl.broadcast_to(offs_m[None, :], scores.shape)), LOG_K, LOG_BLOCK_M)
-
-    top, slot = _unpack(running)
-    keep = (tl.arange(0, 2**LOG_K)[None, :] < top_k) & (top > float("-inf"))
-    row_max = tl.max(tl.where(keep, top, float("-inf")), axis=1)
-    row_max = tl.where(row_max > float("-inf"), row_max, 0.0)
-    weight = tl.where(keep, tl.exp(top - row_max[:, None]), 0.0)
-    total = tl.sum(weight, axis=1)
-    picked = tl.load(rv_ptr + slot[:, :, None].to(tl.int64) * stride_rvm + offs_d[None, None, :],
-                     mask=keep[:, :, None], other=0.0).to(tl.float32)
-    acc = tl.sum(weight[:, :, None] * picked, axis=1)
-
-    for n0 in range(0, N, 2**LOG_BLOCK_M):
-        offs_n = n0 + tl.arange(0, 2**LOG_BLOCK_M)
-        n_mask = offs_n < N
-        k = tl.load(k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
-        scores = tl.where(n_mask[None, :], scores, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
-        rescale = tl.exp(row_max - new_max)
-        p = tl.exp(scores - new_max[:, None])
-        v = tl.load(v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-        acc = acc * rescale[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
-        total = total * rescale + tl.sum(p, axis=1)
-        row_max = new_max
-    tl.store(out_ptr + offs_q[:, None] * stride_on + offs_d[None, :], acc / total[:, None], mask=q_mask[:, None])
-
-
-@functools.cache
-def _jit_kernel() -> Callable:
-    """Import triton (through :mod:`.readout`, which jits the shared helpers) and jit the kernel."""
-    global triton, tl, _pack, _unpack, _merge_top
-    readout._jit_device_code()
-    triton, tl = readout.triton, readout.tl
-    _pack, _unpack, _merge_top = readout._pack, readout._unpack, readout._merge_top
-    return triton.jit(_topk_joint_attention_kernel)
-
-
-def topk_joint_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref_k: torch.Tensor,
-                                ref_v: torch.Tensor, ref_valid: torch.Tensor | None, top_k: int, *,
-                                BLOCK_Q: int = 16, BLOCK_M: int = 64, num_warps: int = 4) -> torch.Tensor:
-    """Fused top-K joint attention (``topk_range='all_frames'``); arguments and result as in
-    :func:`topk_joint_attention_reference` (fp32 math, output in ``q``'s dtype).
-
-    ``D`` must be a power of two and the block sizes too; ``BLOCK_M`` is raised to the kept-set
-    size ``2**ceil(log2(top_k))`` when smaller. Ties among bit-identical reference scores keep
-    the lower index (``torch.topk`` does not specify which).
-    """
-    kernel = _jit_kernel()
-    b, heads, n, d = q.shape
-    m = ref_k.shape[2]
-    if d & (d - 1) or BLOCK_Q & (BLOCK_Q - 1) or BLOCK_M & (BLOCK_M - 1):
-        raise ValueError(f"head size and block sizes must be powers of two, got D={d}, BLOCK_Q={BLOCK_Q}, "
-                         f"BLOCK_M={BLOCK_M}")
-    if ref_valid is None:
-        ref_valid = torch.ones(b, m, dtype=torch.bool, device=q.device)
-    q3, k3, v3, rk3, rv3 = (t.reshape(b * heads, t.shape[2], d).contiguous() for t in (q, k, v, ref_k, ref_v))
-    out = torch.empty_like(q3)
-    kernel[(triton.cdiv(n, BLOCK_Q), b * heads)](
-        q3, k3, v3, rk3, rv3, ref_valid, n, m, heads, top_k,
-        q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
-        rk3.stride(0), rk3.stride(1), rv3.stride(0), rv3.stride(1), *ref_valid.stride(), out.stride(0), out.stride(1),
-        out, **kernel_constants(top_k, d, BLOCK_Q, BLOCK_M), num_warps=num_warps,
-    )
-    return out.view(b, heads, n, d)
-
-
-def kernel_constants(top_k: int, head_dim: int, BLOCK_Q: int, BLOCK_M: int) -> dict[str, int]:
-    """The kernel's compile-time constants for ``top_k``, the head size and power-of-two block sizes."""
-    log_k = (top_k - 1).bit_length()
-    return dict(D=head_dim, LOG_K=log_k, LOG_BLOCK_M=max(BLOCK_M.bit_length() - 1, log_k), BLOCK_Q=BLOCK_Q)
-
-
 def topk_joint_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref_k: torch.Tensor,
                          ref_v: torch.Tensor, ref_valid: torch.Tensor | None, top_k: int,
                          frame_tokens: int | None = None) -> torch.Tensor:
-    """Top-K joint attention ``[B, Hd, N, D]``: the Triton kernel for CUDA tensors (all-frames
-    range, triton installed, not while exporting to ONNX), else :func:`topk_joint_attention_reference`."""
-    if q.is_cuda and frame_tokens is None and readout.triton_available() and not torch.onnx.is_in_onnx_export():
-        return topk_joint_attention_triton(q, k, v, ref_k, ref_v, ref_valid, top_k)
+    """Top-K joint attention ``[B, Hd, N, D]``: the Triton kernel for CUDA tensors (all-frames range,
+    fp16 inputs as fp16, others as fp32, output in ``q``'s dtype), else
+    :func:`topk_joint_attention_reference`."""
+    if (q.is_cuda and frame_tokens is None and 1 <= top_k <= KERNEL_MAX_TOP_K and triton_available()
+            and not torch.onnx.is_in_onnx_export()):
+        from .triton.joint_attention import topk_joint_attention_triton
+
+        tensors = (q, k, v, ref_k, ref_v)
+        dtype = torch.float16 if all(t.dtype == torch.float16 for t in tensors) else torch.float32
+        out = topk_joint_attention_triton(*(t.to(dtype) for t in tensors), ref_valid, top_k)
+        return out.to(q.dtype)
     return topk_joint_attention_reference(q, k, v, ref_k, ref_v, ref_valid, top_k, frame_tokens)

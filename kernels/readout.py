@@ -1,14 +1,16 @@
-"""Cutie top-K memory readout: a plain-torch reference and a fused Triton kernel.
+"""Cutie top-K memory readout: plain-torch references, the formulation the exported graphs use,
+and dispatchers to the Triton kernels.
 
-Both compute, for every query token ``q`` of every batch item ``b``::
+All compute, for every query token ``q`` of every batch item ``b``::
 
     sim[n, q]  = -sum_c qe[c, q] * (mk[c, n] - qk[c, q]) ** 2 * ms[n] / sqrt(Ck)
     keep       = the top_k slots n of sim[:, q] (padded slots never count)
     w[n, q]    = softmax of sim[keep, q] over the kept slots (fp32)
     out[v, q]  = sum_{n in keep} w[n, q] * mv[v, n]
+    usage[n]   = sum_q w[n, q]                       (the long-term memory's usage count)
 
 which is Cutie/XMem's ``get_similarity`` (anisotropic L2 with shrinkage and selection)
-followed by ``do_softmax(top_k)`` and the value readout.
+followed by ``do_softmax(top_k)``, the value readout and ``return_usage``.
 
 Shapes (all functions share the signature):
 
@@ -19,63 +21,36 @@ Shapes (all functions share the signature):
 * ``memory_value``      ``[B, V, N]``    memory values ``mv`` (V = objects * value dim)
 * ``valid``             ``[B, N]`` bool  True where the slot holds memory; padded
   slots (False) have no influence on the result
-* returns               ``[B, V, HW]``   float32
+* readout               ``[B, V, HW]``   float32; usage ``[B, N]`` float32
 
 When a batch item has fewer valid slots than ``top_k`` all its valid slots are kept;
 when it has none its readout is zero.
 
-Three implementations: :func:`topk_readout_reference` (the official formulation, dense
-affinity; eager torch on the CPU), :func:`topk_readout_gather` (the same result in the ops
-the exported ONNX graphs use) and :func:`topk_readout_triton` (the fused kernel).
+* :func:`topk_readout_reference`, :func:`topk_usage_reference`: the official formulation (dense
+  affinity), fp32.
+* :func:`topk_readout_gather`, :func:`topk_usage_scatter`: the same in the ops the exported ONNX
+  graphs use.
+* :func:`topk_readout`, :func:`topk_readout_with_usage`, :func:`topk_usage`: dispatchers, the
+  Triton kernels of :mod:`vosrt.kernels.triton.readout` for CUDA tensors (triton installed,
+  ``top_k <= KERNEL_MAX_TOP_K``, not while exporting to ONNX), the references otherwise. The
+  kernels take fp16 inputs as fp16 and anything else as fp32 (inputs of mixed dtypes are cast
+  up to fp32, exactly); they read the values slot-major and copy ``memory_value`` once per call
+  when its slot stride is not 1 (a runtime that stores ``[B, N, V]`` and passes the transposed
+  view skips the copy).
 
-Triton is optional and imported only when the kernel first runs: the module imports
-without it, and :func:`topk_readout` then uses the reference. Triton chooses between
-compiling and interpreting when it decorates functions (its own included), so to run
-the kernel in Triton's interpreter on CPU tensors set ``TRITON_INTERPRET=1`` before
-triton is first imported.
+This module never imports triton; the dispatchers import the kernels when they first run
+(to run them in Triton's interpreter on CPU tensors, call the kernel modules directly with
+``TRITON_INTERPRET=1`` set before triton is first imported).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import math
-from typing import Callable
 
 import torch
 
-# Bound by _jit_device_code(); the device functions below look both up as globals.
-triton = None
-tl = None
-
-_DEVICE_FUNCTIONS: list[str] = []
-
-
-def _device_fn(fn: Callable) -> Callable:
-    """Register ``fn`` as Triton device code; :func:`_jit_device_code` jits it on first launch."""
-    _DEVICE_FUNCTIONS.append(fn.__name__)
-    return fn
-
-
-@functools.cache
-def _jit_device_code() -> Callable:
-    """Import triton and replace every registered device function here by its ``triton.jit`` version.
-
-    Deferred to the first launch so that importing this module never imports triton
-    (which picks compile or interpret mode once, when it is first imported). Device
-    functions call each other by their global names, hence the in-place rebinding.
-    Returns the kernel.
-    """
-    global triton, tl
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError as exc:
-        raise RuntimeError("topk_readout_triton needs triton, which is not installed") from exc
-    namespace = globals()
-    for name in _DEVICE_FUNCTIONS:
-        namespace[name] = triton.jit(namespace[name])
-    return namespace["_topk_readout_kernel"]
+KERNEL_MAX_TOP_K = 64  # the Triton kernels' largest top_k (top-K buckets 16, 32, 64)
 
 
 def triton_available() -> bool:
@@ -161,12 +136,23 @@ def _topk_affinity(query_key: torch.Tensor, query_selection: torch.Tensor, memor
                    memory_shrinkage: torch.Tensor, valid: torch.Tensor, top_k: int) -> torch.Tensor:
     """Dense top-K affinity ``[B, N, HW]`` fp32: the softmax of each query's ``top_k`` best
     valid slots scattered into zeros (all zero for a query with no valid slot)."""
+    weights, indices = _official_selection(query_key, query_selection, memory_key, memory_shrinkage, valid, top_k)
+    affinity = torch.zeros(indices.shape[0], memory_key.shape[2], indices.shape[2], device=weights.device)
+    return affinity.scatter_(1, indices, weights)
+
+
+def _official_selection(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,
+                        memory_shrinkage: torch.Tensor, valid: torch.Tensor, top_k: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's ``top_k`` best valid slots as the official code picks them (its similarity
+    sums, ``torch.topk`` over dim 1 of ``[B, N, HW]``: the same choice among tied slots) and their
+    softmax weights, both ``[B, k, HW]``, k = min(top_k, N)."""
     sim = anisotropic_similarity(query_key, query_selection, memory_key, memory_shrinkage)
-    if sim.shape[1] == 0:
-        return sim
+    if sim.shape[1] == 0:  # no memory: nothing kept
+        return sim, torch.zeros_like(sim, dtype=torch.long)
     sim = sim.masked_fill(~valid[:, :, None], float("-inf"))
     values, indices = torch.topk(sim, k=min(top_k, sim.shape[1]), dim=1)
-    return torch.zeros_like(sim).scatter_(1, indices, _masked_softmax(values))
+    return _masked_softmax(values), indices
 
 
 # --------------------------------------------------------------------------- graph formulation
@@ -192,12 +178,24 @@ def topk_readout_gather(
     _check_inputs(query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid, top_k)
     with torch.autocast(query_key.device.type, enabled=False):
         weights, index = _top_weights(query_key, query_selection, memory_key, memory_shrinkage, valid, top_k)
-        batch, values, slots = memory_value.shape
-        hw, kept = index.shape[1:]
-        slot_rows = memory_value.float().transpose(1, 2).reshape(batch * slots, values)
-        first_row = torch.arange(batch, device=index.device).view(-1, 1, 1) * slots
-        picked = slot_rows.index_select(0, (index + first_row).flatten()).view(batch * hw, kept, values)
-        return (weights.reshape(batch * hw, 1, kept) @ picked).view(batch, hw, values).transpose(1, 2)
+        return _gathered_readout(weights, index, memory_value)
+
+
+def _gathered_readout(weights: torch.Tensor, index: torch.Tensor, memory_value: torch.Tensor) -> torch.Tensor:
+    """``out[b, v, q] = sum_j weights[b, q, j] * memory_value[b, v, index[b, q, j]]`` -> ``[B, V, HW]``
+    fp32: a Gather of each query's kept value rows (read slot-major), then a batched matmul."""
+    batch, values, slots = memory_value.shape
+    hw, kept = index.shape[1:]
+    slot_rows = memory_value.float().transpose(1, 2).reshape(batch * slots, values)
+    first_row = torch.arange(batch, device=index.device).view(-1, 1, 1) * slots
+    picked = slot_rows.index_select(0, (index + first_row).flatten()).view(batch * hw, kept, values)
+    return (weights.reshape(batch * hw, 1, kept) @ picked).view(batch, hw, values).transpose(1, 2)
+
+
+def _scattered_usage(weights: torch.Tensor, index: torch.Tensor, slots: int) -> torch.Tensor:
+    """Each slot's kept weights summed over the queries -> ``[B, N]`` fp32 (an eager scatter-add)."""
+    usage = torch.zeros(weights.shape[0], slots, device=weights.device, dtype=torch.float32)
+    return usage.scatter_add_(1, index.flatten(1), weights.flatten(1))
 
 
 def topk_usage_scatter(
@@ -271,273 +269,20 @@ def _check_inputs(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
 
 
-# --------------------------------------------------------------------------- triton
-
-
-@_device_fn
-def _pack(score, slot):
-    """Pack fp32 scores and int32 slots into int64 keys whose order is (score, -slot).
-
-    The score's bits are mapped to an int32 with the same order (negative floats
-    have their magnitude bits flipped) and put in the high word; the low word is
-    ``0x7FFFFFFF - slot``, so of two equal scores the lower slot has the larger key.
-    """
-    bits = score.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    return (ordered.to(tl.int64) << 32) | (0x7FFFFFFF - slot).to(tl.int64)
-
-
-@_device_fn
-def _unpack(key):
-    """Inverse of :func:`_pack`: ``(score fp32, slot int32)``."""
-    ordered = (key >> 32).to(tl.int32)
-    bits = tl.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
-    return bits.to(tl.float32, bitcast=True), 0x7FFFFFFF - key.to(tl.int32)
-
-
-@_device_fn
-def _query_bias(qk_ptr, qe_ptr, offs_q, q_mask, Ck, stride_qkc, stride_qkq, stride_qec, stride_qeq):
-    """The per-query term ``-sum_c qe * qk ** 2`` ``[BLOCK_Q]``, fp32."""
-    bias = tl.zeros(offs_q.shape, tl.float32)
-    for c in range(Ck):
-        qk = tl.load(qk_ptr + c * stride_qkc + offs_q * stride_qkq, mask=q_mask, other=0.0).to(tl.float32)
-        qe = tl.load(qe_ptr + c * stride_qec + offs_q * stride_qeq, mask=q_mask, other=0.0).to(tl.float32)
-        bias -= qe * qk * qk
-    return bias
-
-
-@_device_fn
-def _score_block(qk_ptr, qe_ptr, mk_ptr, ms_ptr, valid_ptr, offs_q, q_mask, bias, n0, N, Ck, scale,
-                 stride_qkc, stride_qkq, stride_qec, stride_qeq, stride_mkc, stride_mkn, stride_msn, stride_valid,
-                 BLOCK_N: tl.constexpr):
-    """Packed keys ``[BLOCK_Q, BLOCK_N]`` of slots ``n0 .. n0 + BLOCK_N``; padded slots score -inf.
-
-    The ``[BLOCK_Q, BLOCK_N]`` similarity is accumulated one channel at a time as
-    ``2 qk qe mk - qe mk^2`` outer products on top of the per-query ``bias``: fp32
-    FMAs, no TF32 (an fp32 "ieee" ``tl.dot`` spilled registers at Ck = 64 on sm_90).
-    """
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    sim = tl.broadcast_to(bias[:, None], (bias.shape[0], BLOCK_N))
-    for c in range(Ck):
-        qk = tl.load(qk_ptr + c * stride_qkc + offs_q * stride_qkq, mask=q_mask, other=0.0).to(tl.float32)
-        qe = tl.load(qe_ptr + c * stride_qec + offs_q * stride_qeq, mask=q_mask, other=0.0).to(tl.float32)
-        mk = tl.load(mk_ptr + c * stride_mkc + offs_n * stride_mkn, mask=n_mask, other=0.0).to(tl.float32)
-        sim += (2.0 * qk * qe)[:, None] * mk[None, :] - qe[:, None] * (mk * mk)[None, :]
-    ms = tl.load(ms_ptr + offs_n * stride_msn, mask=n_mask, other=1.0).to(tl.float32)
-    live = tl.load(valid_ptr + offs_n * stride_valid, mask=n_mask, other=0) != 0
-    score = tl.where(live[None, :], sim * (ms * scale)[None, :], float("-inf"))
-    return _pack(score, tl.broadcast_to(offs_n[None, :], score.shape))
-
-
-# Sorting networks on int64 keys. A row of 2**L keys is viewed as a hypercube
-# [BLOCK_Q, 2, ..., 2] whose axis ``ndim - 1 - j`` is bit j of the key's position, so
-# the partner of a key in a compare-exchange sits across one axis. Partners are read
-# with min/max reductions over that size-2 axis (Triton's own ``tl.sort``/``tl.topk``
-# use an xor reduction, which the interpreter evaluates one element at a time).
-
-
-@_device_fn
-def _axis_bit(h, AXIS: tl.constexpr):
-    """Position (0 or 1) along AXIS, shaped to broadcast against the hypercube ``h``."""
-    ndim: tl.constexpr = len(h.shape)
-    return tl.reshape(tl.arange(0, 2), [1] * AXIS + [2] + [1] * (ndim - AXIS - 1))
-
-
-@_device_fn
-def _run_direction(h, LOG_RUN: tl.constexpr, DESCENDING: tl.constexpr):
-    """1 where a run of 2**LOG_RUN keys of ``h`` is to be sorted descending, else 0.
-
-    Runs alternate ascending/descending (so that neighbours form bitonic sequences)
-    unless the run is the whole row, which takes the direction DESCENDING.
-    """
-    ndim: tl.constexpr = len(h.shape)
-    if LOG_RUN + 1 < ndim:
-        direction = _axis_bit(h, ndim - 1 - LOG_RUN)
-    else:
-        direction = tl.full([1] * ndim, DESCENDING, tl.int32)
-    return direction
-
-
-@_device_fn
-def _compare_exchange(h, AXIS: tl.constexpr, direction):
-    """Order every pair of keys across AXIS: ascending where ``direction`` is 0, else descending."""
-    low = tl.min(h, axis=AXIS, keep_dims=True)
-    high = tl.max(h, axis=AXIS, keep_dims=True)
-    return tl.where((_axis_bit(h, AXIS) ^ direction) != 0, high, low)
-
-
-@_device_fn
-def _bitonic_merge(h, LOG_RUN: tl.constexpr, direction):
-    """Sort each bitonic run of 2**LOG_RUN keys (the innermost LOG_RUN axes) of ``h``."""
-    ndim: tl.constexpr = len(h.shape)
-    for i in tl.static_range(LOG_RUN):
-        h = _compare_exchange(h, ndim - LOG_RUN + i, direction)
-    return h
-
-
-@_device_fn
-def _top_sorted(keys, LOG_K: tl.constexpr, LOG_N: tl.constexpr, DESCENDING: tl.constexpr):
-    """The 2**LOG_K largest of each row of ``keys`` ``[BLOCK_Q, 2**LOG_N]``, sorted.
-
-    Bitonic sort of runs of 2**LOG_K, then halve the row LOG_N - LOG_K times: the
-    elementwise max of an ascending and a descending run holds the best of both as
-    a bitonic run, which is merged again.
-    """
-    h = tl.reshape(keys, [keys.shape[0]] + [2] * LOG_N)
-    for s in tl.static_range(1, LOG_K + 1):
-        h = _bitonic_merge(h, s, _run_direction(h, s, DESCENDING))
-    for _ in tl.static_range(LOG_K, LOG_N):
-        h = tl.max(h, axis=len(h.shape) - 1 - LOG_K)
-        h = _bitonic_merge(h, LOG_K, _run_direction(h, LOG_K, DESCENDING))
-    return tl.reshape(h, [keys.shape[0], 2 ** LOG_K])
-
-
-@_device_fn
-def _merge_top(running, block, LOG_K: tl.constexpr, LOG_N: tl.constexpr):
-    """The best 2**LOG_K of ``running`` (sorted descending) and ``block``, sorted descending."""
-    best = _top_sorted(block, LOG_K, LOG_N, 0)
-    h = tl.reshape(tl.maximum(running, best), [running.shape[0]] + [2] * LOG_K)
-    h = _bitonic_merge(h, LOG_K, _run_direction(h, LOG_K, 1))
-    return tl.reshape(h, running.shape)
-
-
-@_device_fn
-def _softmax_top(running, top_k):
-    """Softmax weights, slots and keep-mask ``[BLOCK_Q, 2**LOG_K]`` of the first top_k finite keys."""
-    score, slot = _unpack(running)
-    keep = (tl.arange(0, running.shape[1])[None, :] < top_k) & (score > float("-inf"))
-    top = tl.max(tl.where(keep, score, float("-inf")), axis=1)
-    top = tl.where(top > float("-inf"), top, 0.0)
-    e = tl.where(keep, tl.exp(score - top[:, None]), 0.0)
-    total = tl.sum(e, axis=1)
-    return e / tl.where(total > 0.0, total, 1.0)[:, None], slot, keep
-
-
-@_device_fn
-def _write_readout(mv_ptr, out_ptr, weight, slot, keep, offs_q, q_mask, V, stride_mvv, stride_mvn, stride_ov,
-                   stride_oq, BLOCK_V: tl.constexpr):
-    """``out[v, q] = sum_j weight[q, j] * mv[v, slot[q, j]]``, ``BLOCK_V`` value rows at a time."""
-    for v0 in range(0, V, BLOCK_V):
-        offs_v = v0 + tl.arange(0, BLOCK_V)
-        v_mask = offs_v < V
-        rows = tl.load(mv_ptr + offs_v[:, None, None] * stride_mvv + slot[None, :, :] * stride_mvn,
-                       mask=v_mask[:, None, None] & keep[None, :, :], other=0.0).to(tl.float32)
-        readout = tl.sum(rows * weight[None, :, :], axis=2)
-        tl.store(out_ptr + offs_v[:, None] * stride_ov + offs_q[None, :] * stride_oq, readout,
-                 mask=v_mask[:, None] & q_mask[None, :])
-
-
-@_device_fn
-def _topk_readout_kernel(
-    qk_ptr, qe_ptr, mk_ptr, ms_ptr, mv_ptr, valid_ptr,
-    HW, N, Ck, V, top_k,
-    stride_qkb, stride_qkc, stride_qkq,
-    stride_qeb, stride_qec, stride_qeq,
-    stride_mkb, stride_mkc, stride_mkn,
-    stride_msb, stride_msn,
-    stride_mvb, stride_mvv, stride_mvn,
-    stride_validb, stride_validn,
-    stride_ob, stride_ov, stride_oq,
-    out_ptr,
-    LOG_K: tl.constexpr, LOG_BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr,
-):
-    """One program per (BLOCK_Q queries, batch item); streams the N slots 2**LOG_BLOCK_N at a time.
-
-    Arguments are ordered inputs, integer scalars, output (and the scale is derived from
-    Ck here), as TensorRT's ahead-of-time plugins launch a kernel (see ``trt_plugin``).
-    """
-    scale = 1.0 / tl.sqrt_rn(tl.full([], Ck, tl.float32))
-    b = tl.program_id(1).to(tl.int64)
-    qk_ptr += b * stride_qkb
-    qe_ptr += b * stride_qeb
-    mk_ptr += b * stride_mkb
-    ms_ptr += b * stride_msb
-    mv_ptr += b * stride_mvb
-    valid_ptr += b * stride_validb
-    out_ptr += b * stride_ob
-    offs_q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_mask = offs_q < HW
-    bias = _query_bias(qk_ptr, qe_ptr, offs_q, q_mask, Ck, stride_qkc, stride_qkq, stride_qec, stride_qeq)
-    running = _pack(tl.full([BLOCK_Q, 2**LOG_K], float("-inf"), tl.float32), tl.zeros([BLOCK_Q, 2**LOG_K], tl.int32))
-    for n0 in range(0, N, 2**LOG_BLOCK_N):
-        block = _score_block(qk_ptr, qe_ptr, mk_ptr, ms_ptr, valid_ptr, offs_q, q_mask, bias, n0, N, Ck, scale,
-                             stride_qkc, stride_qkq, stride_qec, stride_qeq, stride_mkc, stride_mkn, stride_msn,
-                             stride_validn, 2**LOG_BLOCK_N)
-        running = _merge_top(running, block, LOG_K, LOG_BLOCK_N)
-    weight, slot, keep = _softmax_top(running, top_k)
-    _write_readout(mv_ptr, out_ptr, weight, slot, keep, offs_q, q_mask, V,
-                   stride_mvv, stride_mvn, stride_ov, stride_oq, BLOCK_V)
-
-
-def topk_readout_triton(
-    query_key: torch.Tensor,
-    query_selection: torch.Tensor,
-    memory_key: torch.Tensor,
-    memory_shrinkage: torch.Tensor,
-    memory_value: torch.Tensor,
-    valid: torch.Tensor,
-    top_k: int,
-    *,
-    BLOCK_Q: int = 16,
-    BLOCK_N: int = 64,
-    BLOCK_V: int = 8,
-    num_warps: int = 4,
-) -> torch.Tensor:
-    """Fused top-K readout that never materialises the ``[N, HW]`` affinity.
-
-    Shapes as in the module docstring; fp32 or fp16 inputs with any strides, fp32
-    math, ``[B, V, HW]`` fp32 output. One program per (``BLOCK_Q`` queries, batch
-    item) streams the slots ``BLOCK_N`` at a time: it scores a ``[BLOCK_Q, BLOCK_N]``
-    tile, packs each score with its slot into an int64 key (``_pack``) and keeps,
-    per query, the best ``2**ceil(log2(top_k))`` keys, sorted, with bitonic networks.
-    The first ``top_k`` of them (fewer if the batch item has fewer valid slots) are
-    softmaxed in fp32 and their value columns gathered ``BLOCK_V`` rows at a time.
-
-    Ties: of slots with bit-identical fp32 scores the lower slot index ranks first
-    (``-0.0`` ranks just below ``+0.0``); ``torch.topk``, and so the reference, does
-    not specify which it keeps.
-
-    Block sizes must be powers of two; ``BLOCK_N`` is raised to the kept-set size
-    when smaller. The defaults are meant for a GPU; interpreter tests pass smaller
-    ones. The value gather is coalesced when ``memory_value`` is slot-major in memory
-    (``memory_value.stride(1) == 1``, e.g. a ``[B, N, V]`` tensor transposed).
-    """
-    kernel = _jit_device_code()
-    _check_inputs(query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid, top_k)
-    _check_kernel_args(query_key, query_selection, memory_key, memory_shrinkage, memory_value,
-                       BLOCK_Q=BLOCK_Q, BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V)
-    batch, ck, hw = query_key.shape
-    n_slots, n_values = memory_key.shape[2], memory_value.shape[1]
-    out = torch.empty(batch, n_values, hw, device=query_key.device, dtype=torch.float32)
-    kernel[(triton.cdiv(hw, BLOCK_Q), batch)](
-        query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid,
-        hw, n_slots, ck, n_values, top_k,
-        *query_key.stride(), *query_selection.stride(), *memory_key.stride(),
-        memory_shrinkage.stride(0), memory_shrinkage.stride(2),
-        *memory_value.stride(), *valid.stride(), *out.stride(), out,
-        **kernel_constants(top_k, BLOCK_Q, BLOCK_N, BLOCK_V), num_warps=num_warps,
-    )
-    return out
-
-
-def kernel_constants(top_k: int, BLOCK_Q: int, BLOCK_N: int, BLOCK_V: int) -> dict[str, int]:
-    """The kernel's compile-time constants for ``top_k`` and power-of-two block sizes."""
-    log_k = (top_k - 1).bit_length()
-    return dict(LOG_K=log_k, LOG_BLOCK_N=max(BLOCK_N.bit_length() - 1, log_k), BLOCK_Q=BLOCK_Q, BLOCK_V=BLOCK_V)
-
-
-def _check_kernel_args(*tensors: torch.Tensor, **blocks: int) -> None:
-    """Raise ValueError unless the float inputs are fp32/fp16 and the block sizes powers of two."""
-    for t in tensors:
-        if t.dtype not in (torch.float32, torch.float16):
-            raise ValueError(f"topk_readout_triton takes float32 or float16 inputs, got {t.dtype}")
-    for name, size in blocks.items():
-        if size < 1 or size & (size - 1):
-            raise ValueError(f"{name} must be a power of two, got {size}")
-
-
 # --------------------------------------------------------------------------- dispatch
+
+
+def _kernel_applies(query_key: torch.Tensor, top_k: int) -> bool:
+    """Whether the dispatchers run the Triton kernels for these inputs."""
+    return (query_key.is_cuda and 1 <= top_k <= KERNEL_MAX_TOP_K and triton_available()
+            and not torch.onnx.is_in_onnx_export())
+
+
+def _kernel_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The float tensors in the kernels' dtype: fp16 when all are fp16, else fp32 (bools unchanged)."""
+    floats = [t for t in tensors if t.is_floating_point()]
+    dtype = torch.float16 if all(t.dtype == torch.float16 for t in floats) else torch.float32
+    return [t.to(dtype) if t.is_floating_point() else t for t in tensors]
 
 
 def topk_readout(
@@ -549,10 +294,56 @@ def topk_readout(
     valid: torch.Tensor,
     top_k: int,
 ) -> torch.Tensor:
-    """Top-K readout ``[B, V, HW]`` fp32: the Triton kernel for CUDA tensors when triton is
-    installed, else :func:`topk_readout_gather` (the official result without the dense
-    ``V x N x HW`` product: 2.8x faster on the CPU at 480p with 5 memory frames). Shapes are in
-    the module docstring."""
-    use_kernel = query_key.is_cuda and triton_available()
-    readout = topk_readout_triton if use_kernel else topk_readout_gather
-    return readout(query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid, top_k)
+    """Top-K readout ``[B, V, HW]`` fp32 (shapes in the module docstring): the Triton kernels for
+    CUDA tensors, else the official similarity and top-k with the kept values gathered (no dense
+    ``V x N x HW`` product: 2.8x faster than :func:`topk_readout_reference` on the CPU at 480p with 5
+    memory frames, and the same selection)."""
+    return _dispatch((query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid), top_k,
+                     with_usage=False)
+
+
+def topk_readout_with_usage(
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor,
+    memory_key: torch.Tensor,
+    memory_shrinkage: torch.Tensor,
+    memory_value: torch.Tensor,
+    valid: torch.Tensor,
+    top_k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-K readout ``[B, V, HW]`` and memory usage ``[B, N]`` (both fp32) of one selection: the
+    Triton kernels for CUDA tensors (the usage summed by atomics, so its last bits vary from run
+    to run), else the official similarity and top-k, gathered (see :func:`topk_readout`)."""
+    return _dispatch((query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid), top_k,
+                     with_usage=True)
+
+
+def _dispatch(inputs: tuple[torch.Tensor, ...], top_k: int, with_usage: bool):
+    """The readout (and usage) of ``inputs`` (the six tensors of :func:`topk_readout`), by the
+    kernels or the references."""
+    if _kernel_applies(inputs[0], top_k):
+        from .triton.readout import topk_readout_triton
+
+        _check_inputs(*inputs, top_k)
+        return topk_readout_triton(*_kernel_inputs(*inputs), top_k, with_usage=with_usage)
+    _check_inputs(*inputs, top_k)
+    with torch.autocast(inputs[0].device.type, enabled=False):
+        weights, index = (t.transpose(1, 2) for t in _official_selection(*inputs[:4], inputs[5], top_k))
+        readout = _gathered_readout(weights, index, inputs[4])
+        return (readout, _scattered_usage(weights, index, inputs[5].shape[1])) if with_usage else readout
+
+
+def topk_usage(
+    query_key: torch.Tensor,
+    query_selection: torch.Tensor,
+    memory_key: torch.Tensor,
+    memory_shrinkage: torch.Tensor,
+    valid: torch.Tensor,
+    top_k: int,
+) -> torch.Tensor:
+    """Memory usage ``[B, N]`` fp32 (arguments as :func:`topk_usage_reference`): the Triton kernels
+    for CUDA tensors (selection and softmax, no value read), else from the official similarity and
+    top-k (see :func:`topk_readout`)."""
+    no_values = memory_key.new_empty(memory_key.shape[0], 0, memory_key.shape[2])
+    return topk_readout_with_usage(query_key, query_selection, memory_key, memory_shrinkage, no_values, valid,
+                                   top_k)[1]

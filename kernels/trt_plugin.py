@@ -3,10 +3,11 @@
 **Unverified on hardware.** Written to TensorRT's Python plugin API (``tensorrt.plugin``,
 TensorRT >= 10.9 for the ahead-of-time implementation) but never built into an engine nor
 run: the machines it was written on have no GPU and no TensorRT. What is checked on CPU:
-this module imports without tensorrt, :func:`register` fails with a clear message without
-it, the functions it registers have the signatures ``tensorrt.plugin`` validates, the
-ahead-of-time launch passes each kernel the grid and scalars its Python launcher passes, and
-:func:`compile_ptx` compiles each kernel to PTX for a given GPU target.
+this module imports without tensorrt (and without importing triton), :func:`register` fails
+with a clear message without it, the functions it registers have the signatures
+``tensorrt.plugin`` validates, the ahead-of-time launch passes each kernel the grid and scalars
+its Python launcher passes, and the PTX of :func:`compile_ptx` declares exactly the parameters
+that launch passes.
 
 Use, in an engine builder::
 
@@ -14,119 +15,173 @@ Use, in an engine builder::
 
     trt_plugin.register()   # then parse the graph and build, or deserialise the engine
 
-Each op has a :class:`PluginKernel` (its kernel, compile-time constants, launch grid and
-scalars, Python launcher), and the same code registers every one of them with two
-implementations: ahead-of-time (the PTX of :func:`compile_ptx`, baked into the engine, which
-then runs without Python, e.g. under ``trtexec``) and a just-in-time Python callback running
-the Triton launcher on TensorRT's stream (the engine then needs this module registered at
-run time). The exported nodes' ``aot=1`` attribute asks the ONNX parser for the former; a
-network built through the API chooses with ``NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS``
-or ``PREFER_JIT_PYTHON_PLUGINS``. The plugins take float32 inputs and bool masks, as the
-exported graphs feed them (fp16 graphs keep the nodes in fp32).
+Each op has a :class:`PluginKernel` (the kernel variant to compile for the node's attributes,
+its launch grid and scalars, and a Python launcher), and the same code registers every one of
+them with two implementations: ahead-of-time (the PTX of :func:`compile_ptx`, baked into the
+engine, which then runs without Python, e.g. under ``trtexec``) and a just-in-time Python
+callback running the same kernel at the same configuration on TensorRT's stream (the engine
+then needs this module registered at run time). The exported nodes' ``aot=1`` attribute asks
+the ONNX parser for the former; a network built through the API chooses with
+``NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS`` or ``PREFER_JIT_PYTHON_PLUGINS``.
+The plugins take float32 inputs and bool masks, as the exported graphs feed them (fp16 graphs
+keep the nodes in fp32), and run single-launch kernels at fixed configurations
+(:data:`vosrt.kernels.triton.readout.FUSED_CONFIG`, the first config of each top-K bucket of
+:func:`vosrt.kernels.triton.joint_attention.bucket_config`): an ahead-of-time plugin launches
+one kernel, gets no scratch memory, and cannot autotune.
 
-Triton >= 3.3 kernels end with two hidden pointer parameters (global and profile scratch);
-:func:`compile_ptx` checks that a kernel uses neither, but whether TensorRT's launch
-tolerates their presence is untested.
+**The PTX.** TensorRT hands the PTX to the driver, which JIT-compiles it for the GPU: its
+``.version`` must not be newer than the driver's CUDA version supports. :data:`PTX_VERSION`
+pins it to ISA 8.4 (CUDA 12.4), which a 580-series driver (CUDA 13.0, PTX ISA up to 9.0) and
+JetPack 6 (CUDA 12.6, up to 8.5) accept; without the pin Triton writes the newest ISA its own
+ptxas knows (8.7 for Triton 3.6, newer for later releases). TensorRT launches an ahead-of-time
+kernel with the input pointers, the ``SymInt32`` extra arguments and the output pointers, in
+that order, and nothing else (``tensorrt.plugin`` has no pointer-typed extra argument); Triton
+>= 3.3 appends hidden ``global_scratch`` and (>= 3.5) ``profile_scratch`` pointer parameters to
+every kernel entry. :func:`compile_ptx` checks the compiled kernel needs neither (zero scratch
+sizes, parameters never read) and removes them from the ``.entry`` declaration, so the entry
+declares exactly what TensorRT passes.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Tuple
 
-from . import joint_attention, readout
 from .custom_ops import TOPK_JOINT_ATTENTION, TOPK_READOUT, CustomOp
 
-NUM_WARPS = 4
-# Block sizes of the engines' kernels. The readout's are topk_readout_triton's GPU defaults. The
-# joint attention's BLOCK_M is 32, not its launcher's 64: for top_k <= 32 the kernel then takes
-# 38 KiB of shared memory (72 KiB with 64, compiled for sm_90), under the 48 KiB a launch gets
-# without an opt-in that TensorRT's ahead-of-time launch is not known to make. Larger top_k
-# (e.g. the official 60..180) needs more.
-READOUT_BLOCKS = dict(BLOCK_Q=16, BLOCK_N=64, BLOCK_V=8)
-JOINT_BLOCKS = dict(BLOCK_Q=16, BLOCK_M=32)
+PTX_VERSION = 84
+SHARED_MEMORY_LIMIT = 48 * 1024  # a launch without the opt-in, which TensorRT's AOT launch is not known to make
 
 
 @dataclass(frozen=True)
 class PluginKernel:
-    """How the plugin of ``op`` runs its Triton kernel. ``kernel()``: the jitted kernel;
-    ``constants(**attributes)``: its compile-time constants; ``launch(*inputs, **attributes)``:
-    from the inputs' ``shape_expr`` (TensorRT shape expressions; ints work too), the grid
-    ``(x, y)`` and the integer scalars in kernel argument order (the kernel's arguments are
-    the input pointers, these scalars, then the output pointer); ``run(*tensors, **attributes)``:
-    the Python launcher on CUDA tensors. Pointers named in ``bool_pointers`` are bool, the
-    others float32."""
+    """How the plugin of ``op`` runs its Triton kernel. ``variant(**attributes)``: the
+    :class:`vosrt.kernels.triton.variants.Variant` to compile for the node's attributes;
+    ``launch(*inputs, **attributes)``: from the inputs' ``shape_expr`` (TensorRT shape
+    expressions; ints work too), the grid ``(x, y)`` and the integer scalars in kernel argument
+    order (the kernel's arguments are the input pointers, these scalars, then the output
+    pointer); ``run(*tensors, **attributes)``: the same kernel and configuration launched from
+    Python on CUDA tensors."""
 
     op: CustomOp
-    kernel: Callable[[], Any]
-    constants: Callable[..., dict[str, int]]
+    variant: Callable[..., Any]
     launch: Callable[..., tuple[tuple, list]]
     run: Callable[..., Any]
-    bool_pointers: tuple[str, ...] = ("valid_ptr",)
-    num_warps: int = NUM_WARPS
 
 
-def _cdiv(size, block: int):
-    return (size + (block - 1)) // block
+def _contiguous_strides(shape) -> tuple:
+    """Strides of a contiguous tensor of ``shape`` (ints or shape expressions)."""
+    strides = [1]
+    for size in reversed(shape[1:]):
+        strides.insert(0, strides[0] * size)
+    return tuple(strides)
+
+
+def _readout_variant(*, top_k: int):
+    from .triton.variants import readout_plugin_variant
+
+    return readout_plugin_variant(top_k)
 
 
 def _readout_launch(query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid, *, top_k):
-    """``topk_readout_triton``'s launch for contiguous inputs: grid (HW blocks, B); scalars
-    ``HW, N, Ck, V, top_k`` and the strides of the inputs and the output."""
+    """The single readout kernel's grid (HW blocks, B) and scalars for contiguous inputs."""
+    from .triton.readout import fused_launch
+
     batch, ck, hw = query_key.shape_expr
-    n, v = memory_key.shape_expr[2], memory_value.shape_expr[1]
-    strides = [ck * hw, hw, 1, ck * hw, hw, 1, ck * n, n, 1,
-               n, 1,  # memory_shrinkage [B, 1, N]: batch and slot strides
-               v * n, n, 1, n, 1, v * hw, hw, 1]
-    return (_cdiv(hw, READOUT_BLOCKS["BLOCK_Q"]), batch), [hw, n, ck, v, top_k, *strides]
+    names = ("qk", "qe", "mk", "ms", "mv", "valid")
+    inputs = (query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid)
+    strides = {name: _contiguous_strides(x.shape_expr) for name, x in zip(names, inputs)}
+    strides["out"] = _contiguous_strides((batch, memory_value.shape_expr[1], hw))
+    return fused_launch(hw, memory_key.shape_expr[2], ck, memory_value.shape_expr[1], top_k, batch, strides)
+
+
+def _readout_run(*tensors, top_k):
+    from .triton.readout import topk_readout_fused
+
+    return topk_readout_fused(*tensors, top_k)
+
+
+def _joint_variant(*, top_k: int, head_dim: int):
+    from .triton.variants import joint_attention_plugin_variant
+
+    return joint_attention_plugin_variant(top_k, head_dim)
 
 
 def _joint_launch(q, k, v, ref_k, ref_v, ref_valid, *, top_k, head_dim):
-    """``topk_joint_attention_triton``'s launch for contiguous inputs: grid (N blocks, B * Hd);
-    scalars ``N, M, Hd, top_k`` and the strides of the ``[B * Hd, tokens, D]`` views, the
-    ``[B, M]`` mask and the output."""
-    batch, heads, n, d = q.shape_expr
-    m = ref_k.shape_expr[2]
-    strides = [n * d, d, n * d, d, n * d, d, m * d, d, m * d, d, m, 1, n * d, d]
-    return (_cdiv(n, JOINT_BLOCKS["BLOCK_Q"]), batch * heads), [n, m, heads, top_k, *strides]
+    """The joint-attention kernel's grid (N blocks, B * Hd) and scalars for contiguous inputs."""
+    from .triton import joint_attention
+
+    batch, heads, n, _ = q.shape_expr
+    names = ("q", "k", "v", "ref_k", "ref_v", "ref_valid")
+    strides = {name: _contiguous_strides(x.shape_expr) for name, x in zip(names, (q, k, v, ref_k, ref_v, ref_valid))}
+    strides["out"] = strides["q"]
+    block_q = joint_attention.plugin_config(top_k).block_q
+    return joint_attention.launch(n, ref_k.shape_expr[2], heads, top_k, batch, block_q, strides)
+
+
+def _joint_run(*tensors, top_k, head_dim):
+    from .triton import joint_attention
+
+    return joint_attention.topk_joint_attention_triton(*tensors, top_k, config=joint_attention.plugin_config(top_k))
 
 
 KERNELS = {plugin.op.qualified_name: plugin for plugin in (
-    PluginKernel(TOPK_READOUT, readout._jit_device_code,
-                 lambda top_k: readout.kernel_constants(top_k, **READOUT_BLOCKS), _readout_launch,
-                 lambda *tensors, top_k: readout.topk_readout_triton(*tensors, top_k, **READOUT_BLOCKS)),
-    PluginKernel(TOPK_JOINT_ATTENTION, joint_attention._jit_kernel,
-                 lambda top_k, head_dim: joint_attention.kernel_constants(top_k, head_dim, **JOINT_BLOCKS),
-                 _joint_launch,
-                 lambda *tensors, top_k, head_dim: joint_attention.topk_joint_attention_triton(
-                     *tensors, top_k, **JOINT_BLOCKS)),
+    PluginKernel(TOPK_READOUT, _readout_variant, _readout_launch, _readout_run),
+    PluginKernel(TOPK_JOINT_ATTENTION, _joint_variant, _joint_launch, _joint_run),
 )}
 
 
 def compile_ptx(op_name: str, attributes: dict[str, int], target=None) -> Tuple[str, str, int, int]:
     """Compile the kernel of ``op_name`` (a qualified name of :data:`KERNELS`) for the node
-    ``attributes`` ahead of time.
+    ``attributes`` ahead of time (:func:`compile_variant`).
 
-    ``target``: a ``triton.backends.compiler.GPUTarget``; None takes the current GPU.
-    Returns (kernel name, PTX, threads per block, dynamic shared memory bytes). Every
-    integer argument is a 32-bit scalar without specialisation, as TensorRT passes them.
+    ``target``: a ``triton.backends.compiler.GPUTarget``; None takes the current GPU. Returns
+    (kernel name, PTX, threads per block, dynamic shared memory bytes). Raises RuntimeError when
+    the kernel needs more than :data:`SHARED_MEMORY_LIMIT` of shared memory.
     """
-    plugin = KERNELS[op_name]
-    kernel = plugin.kernel()
-    import triton
-    from triton.compiler import ASTSource
+    compiled, ptx = compile_variant(KERNELS[op_name].variant(**attributes), target)
+    metadata = compiled.metadata
+    if metadata.shared > SHARED_MEMORY_LIMIT:
+        raise RuntimeError(f"the compiled {op_name} kernel needs {metadata.shared} B of shared memory, "
+                           f"over the {SHARED_MEMORY_LIMIT} B a launch gets without an opt-in")
+    return metadata.name, ptx, metadata.num_warps * 32, metadata.shared
 
-    constants = plugin.constants(**attributes)
-    signature = {name: "constexpr" if name in constants else
-                 ("*i1" if name in plugin.bool_pointers else "*fp32") if name.endswith("_ptr") else "i32"
-                 for name in kernel.arg_names}
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=target,
-                              options={"num_warps": plugin.num_warps})
+
+def compile_variant(variant, target=None):
+    """Compile a :class:`vosrt.kernels.triton.variants.Variant` for a plugin: PTX ISA
+    :data:`PTX_VERSION`, checked to need no Triton scratch memory. Returns (the compiled kernel,
+    its PTX with the entry's parameters cut to the launch's: the inputs, scalars and output)."""
+    import triton
+
+    compiled = triton.compile(variant.source(), target=target, options=dict(variant.options(), ptx_version=PTX_VERSION))
     metadata = compiled.metadata
     if getattr(metadata, "global_scratch_size", 0) or getattr(metadata, "profile_scratch_size", 0):
-        raise RuntimeError(f"the compiled {op_name} kernel needs Triton scratch memory, which TensorRT does not pass")
-    return metadata.name, compiled.asm["ptx"], metadata.num_warps * 32, metadata.shared
+        raise RuntimeError(f"{variant.name} needs Triton scratch memory, which TensorRT does not pass")
+    launched = len([a for a in variant.kernel.arg_names if a not in variant.constants])
+    return compiled, drop_unused_parameters(compiled.asm["ptx"], metadata.name, launched)
+
+
+def entry_parameters(ptx: str, name: str) -> list[tuple[str, str]]:
+    """The ``.entry name`` parameters of ``ptx``: (declaration without the name, name) in order."""
+    entry = re.search(rf"\.entry\s+{re.escape(name)}\s*\((.*?)\)", ptx, re.S)
+    if entry is None:
+        raise ValueError(f"no .entry {name} in the PTX")
+    declarations = [d.strip() for d in entry.group(1).split(",") if d.strip()]
+    return [tuple(d.rsplit(None, 1)) for d in declarations]
+
+
+def drop_unused_parameters(ptx: str, name: str, keep: int) -> str:
+    """``ptx`` with the ``.entry name`` parameters after the first ``keep`` removed from its
+    declaration. Raises ValueError if the kernel body reads one of them."""
+    entry = re.search(rf"(\.entry\s+{re.escape(name)}\s*\()(.*?)(\))", ptx, re.S)
+    parameters = entry_parameters(ptx, name)
+    for _, parameter in parameters[keep:]:
+        if len(re.findall(rf"\b{re.escape(parameter)}\b", ptx)) > 1:
+            raise ValueError(f"{name} reads its parameter {parameter}, which TensorRT's launch does not pass")
+    kept = ",\n".join(f"\t{declaration} {parameter}" for declaration, parameter in parameters[:keep])
+    return ptx[:entry.start(2)] + "\n" + kept + "\n" + ptx[entry.end(2):]
 
 
 def _signature(op: CustomOp, tensor_type, extra: dict[str, Any], returns) -> inspect.Signature:

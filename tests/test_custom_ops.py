@@ -2,9 +2,11 @@
 export, ONNX Runtime, TensorRT plugin."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +23,7 @@ from helpers import GOLDEN_CONFIG, synthetic_frame, synthetic_mask
 from vosrt.api import build_network
 from vosrt.cli import export_engine_main, main
 from vosrt.export.verify import compare_with_eager
-from vosrt.kernels import joint_attention, readout, trt_plugin
+from vosrt.kernels import trt_plugin
 from vosrt.kernels.custom_ops import OPS, TOPK_JOINT_ATTENTION, TOPK_READOUT, topk_joint_attention_op, topk_readout_op
 from vosrt.kernels.joint_attention import topk_joint_attention_reference
 from vosrt.kernels.readout import topk_readout_reference, triton_available
@@ -196,23 +198,24 @@ class RecordedLaunch:
         return launch
 
 
-# (module of the Python launcher, its jit function, inputs, node attributes)
-LAUNCHERS = {
-    TOPK_READOUT.qualified_name: (readout, "_jit_device_code", readout_inputs(batch=2, hw=12, n=50, v=6),
-                                  {"top_k": 7}),
-    TOPK_JOINT_ATTENTION.qualified_name: (joint_attention, "_jit_kernel", joint_inputs(),
-                                          {"top_k": 5, "head_dim": 16}),
+# (module of the op's Triton kernel, the kernel's name there, inputs, node attributes)
+PLUGIN_CASES = {
+    TOPK_READOUT.qualified_name: ("vosrt.kernels.triton.readout", "_readout_kernel",
+                                  readout_inputs(batch=2, hw=12, n=50, v=6), {"top_k": 7}),
+    TOPK_JOINT_ATTENTION.qualified_name: ("vosrt.kernels.triton.joint_attention", "_topk_joint_attention_kernel",
+                                          joint_inputs(), {"top_k": 5, "head_dim": 16}),
 }
 
 
-@pytest.mark.parametrize("op_name", list(LAUNCHERS))
+@pytest.mark.skipif(not triton_available(), reason="needs triton")
+@pytest.mark.parametrize("op_name", list(PLUGIN_CASES))
 def test_trt_plugin_launch_passes_what_the_python_launcher_passes(op_name, monkeypatch):
-    """The AOT launch's grid and integer arguments equal those of the op's Triton launcher for
-    contiguous inputs, whose arguments come as TensorRT passes them: inputs, scalars, output."""
-    module, jit, inputs, attributes = LAUNCHERS[op_name]
+    """The AOT launch's grid and integer arguments equal those the plugin's Python launcher passes
+    the same kernel for contiguous inputs, whose arguments come as TensorRT passes them: inputs,
+    scalars, output."""
+    module_name, kernel_name, inputs, attributes = PLUGIN_CASES[op_name]
     recorded = RecordedLaunch()
-    monkeypatch.setattr(module, jit, lambda: recorded)
-    monkeypatch.setattr(module, "triton", SimpleNamespace(cdiv=lambda a, b: -(-a // b)))
+    monkeypatch.setattr(importlib.import_module(module_name), kernel_name, recorded)
     plugin = trt_plugin.KERNELS[op_name]
     plugin.run(*inputs, **attributes)
     tensors = [isinstance(a, torch.Tensor) for a in recorded.args]
@@ -239,7 +242,7 @@ def fake_tensorrt_plugin_api():
     return SimpleNamespace(float32="float32"), trtp
 
 
-@pytest.mark.parametrize("op_name", list(LAUNCHERS))
+@pytest.mark.parametrize("op_name", list(PLUGIN_CASES))
 def test_trt_plugin_functions_have_the_schema_tensorrt_reads(op_name, monkeypatch):
     """register/impl/aot_impl read the functions' signatures: tensors, then int attributes, then
     outputs and stream (JIT) or outputs and tactic (AOT); the AOT one returns the kernel and its launch."""
@@ -256,7 +259,7 @@ def test_trt_plugin_functions_have_the_schema_tensorrt_reads(op_name, monkeypatc
     annotations = [p.annotation for p in signatures["describe"].parameters.values()]
     assert annotations == [trtp.TensorDesc] * len(plugin.op.inputs) + [int] * len(plugin.op.attributes)
 
-    _, _, inputs, attributes = LAUNCHERS[op_name]
+    _, _, inputs, attributes = PLUGIN_CASES[op_name]
     descs = [trtp.TensorDesc(shape_expr=tuple(x.shape)) for x in inputs]
     out = functions["describe"](*descs, **attributes)
     expected = plugin.op.reference(*inputs, **attributes)
@@ -270,39 +273,51 @@ def test_trt_plugin_functions_have_the_schema_tensorrt_reads(op_name, monkeypatc
 
 
 AOT_COMPILE = """
-import json, sys
+import json, re, sys
 from types import SimpleNamespace
+import triton
 from triton.backends.compiler import GPUTarget
 from vosrt.kernels import trt_plugin
 op_name, attributes, shapes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-plugin = trt_plugin.KERNELS[op_name]
-name, ptx, threads, shared = trt_plugin.compile_ptx(op_name, attributes, GPUTarget("cuda", 90, 32))
-constants = plugin.constants(**attributes)
-runtime_args = [a for a in plugin.kernel().arg_names if a not in constants]
+plugin, target = trt_plugin.KERNELS[op_name], GPUTarget("cuda", 90, 32)
+name, ptx, threads, shared = trt_plugin.compile_ptx(op_name, attributes, target)
+variant = plugin.variant(**attributes)
+unpinned = triton.compile(variant.source(), target=target, options=variant.options()).asm["ptx"]
 _, scalars = plugin.launch(*(SimpleNamespace(shape_expr=s) for s in shapes), **attributes)
-print(json.dumps(dict(name=name, threads=threads, shared=shared, entry=f".entry {name}(" in ptx,
-                      runtime_args=runtime_args, scalars=len(scalars))))
+print(json.dumps(dict(name=name, threads=threads, shared=shared, version=re.search(r"\\.version (\\S+)", ptx).group(1),
+                      entry=trt_plugin.entry_parameters(ptx, name), scalars=len(scalars),
+                      triton_entry=trt_plugin.entry_parameters(unpinned, name))))
 """
 
 
+def parameter_kind(declaration: str) -> str:
+    """A PTX ``.param`` declaration's kind: pointer (``.u64 .ptr``), int32 (``.u32``/``.s32``), or itself."""
+    if ".ptr" in declaration and ".u64" in declaration:
+        return "pointer"
+    return "int32" if re.search(r"\.[us]32\b", declaration) else declaration
+
+
 @pytest.mark.skipif(not triton_available(), reason="needs triton")
-@pytest.mark.parametrize("op_name, attributes, kernel_name", [
-    (TOPK_READOUT.qualified_name, {"top_k": 30}, "_topk_readout_kernel"),
-    (TOPK_JOINT_ATTENTION.qualified_name, {"top_k": 30, "head_dim": 64}, "_topk_joint_attention_kernel"),
+@pytest.mark.parametrize("op_name, attributes", [
+    (TOPK_READOUT.qualified_name, {"top_k": 30}),
+    (TOPK_JOINT_ATTENTION.qualified_name, {"top_k": 30, "head_dim": 64}),
+    (TOPK_JOINT_ATTENTION.qualified_name, {"top_k": 180, "head_dim": 64}),
 ])
-def test_trt_plugin_kernel_compiles_ahead_of_time_for_sm90(op_name, attributes, kernel_name):
-    """Triton compiles each kernel to PTX without a GPU; the AOT launch passes its arguments as
-    the input pointers, the scalars, then the output pointer. (A fresh process: the kernel
-    tests put triton in interpreter mode in this one.)"""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_DEFAULT_FP_FUSION": "1"}
-    shapes = json.dumps([list(x.shape) for x in LAUNCHERS[op_name][2]])
+def test_trt_plugin_ptx_entry_declares_what_tensorrt_passes(op_name, attributes):
+    """Compiled for sm_90 without a GPU (a fresh process: the kernel tests put triton in interpreter
+    mode in this one), the plugin's PTX is ISA 8.4 and its ``.entry`` declares, in order, a pointer
+    per input, an int32 per scalar of the plugin's launch and a pointer for the output: what
+    TensorRT's AOT launch passes. Triton's own entry has two more pointers after the output (its
+    global and profile scratch), which the plugin removes."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    shapes = json.dumps([list(x.shape) for x in PLUGIN_CASES[op_name][2]])
     done = subprocess.run([sys.executable, "-c", AOT_COMPILE, op_name, json.dumps(attributes), shapes], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["name"] == kernel_name and result["entry"]
-    assert result["threads"] == trt_plugin.NUM_WARPS * 32 and 0 <= result["shared"] <= 48 * 1024
-    inputs, args = len(OPS[op_name].inputs), result["runtime_args"]
-    assert len(args) == inputs + result["scalars"] + 1
-    assert all(a.endswith("_ptr") for a in args[:inputs]) and args[-1] == "out_ptr"
-    assert not any(a.endswith("_ptr") for a in args[inputs:-1])
+    assert result["version"] == "8.4" and result["threads"] == 128 and 0 <= result["shared"] <= 48 * 1024
+    inputs = len(OPS[op_name].inputs)
+    expected = ["pointer"] * inputs + ["int32"] * result["scalars"] + ["pointer"]
+    assert [parameter_kind(d) for d, _ in result["entry"]] == expected
+    assert [n for _, n in result["entry"]] == [f"{result['name']}_param_{i}" for i in range(len(expected))]
+    assert [parameter_kind(d) for d, _ in result["triton_entry"]] == expected + ["pointer", "pointer"]

@@ -51,7 +51,7 @@ STAGES = {stage.name: stage for stage in (
 
 # (readout, usage) per formulation. Usage has no custom op: the usage graph stays standard ops.
 _TOPK = {
-    "eager": (kernels.topk_readout, kernels.topk_usage_reference),
+    "eager": (kernels.topk_readout, kernels.topk_usage),
     "graph": (kernels.topk_readout_gather, kernels.topk_usage_scatter),
     "reference": (kernels.topk_readout_reference, kernels.topk_usage_reference),
     "custom_ops": (custom_ops.topk_readout_op, kernels.topk_usage_scatter),
