@@ -46,9 +46,9 @@ def test_tensorrt_range(version, supported):
     assert requirements("gpu")["tensorrt"].specifier.contains(Version(version)) == supported
 
 
-def test_triton_has_the_constexprs_the_plugins_compile_with():
+def test_triton_is_the_version_the_kernels_are_compiled_with():
     specifier = requirements("kernels")["triton"].specifier
-    assert not specifier.contains(Version("3.2.0")) and specifier.contains(Version("3.3.0"))
+    assert not specifier.contains(Version("3.5.1")) and specifier.contains(Version("3.6.0"))
 
 
 def test_onnxruntime_hands_outputs_to_torch():
