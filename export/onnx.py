@@ -53,7 +53,8 @@ def stage_modules(family: ModelFamily, network: nn.Module, settings: Mapping[str
 def export_onnx(network: nn.Module, model: str, output: str | Path, *, config: SessionConfig | None = None,
                 checkpoint: str | Path | None = None, fp16: bool = False, opset: int = 17, custom_ops: bool = False,
                 progress: Callable[[str], None] = print) -> Path:
-    """Export ``network`` (model ``model``) to the directory ``output`` (replaced if it exists). Returns its path.
+    """Export ``network`` (model ``model``) to the directory ``output`` (replaced if it is a vosrt
+    export: :func:`vosrt.runtime.artifacts.check_output`). Returns its path.
 
     ``config``: the session settings the graphs are for (default: the model's official ones);
     what an export fixes (:meth:`SessionConfig.export_settings`, e.g. ``top_k``) is recorded in

@@ -55,7 +55,8 @@ def require_build_environment(onnx_dir: str | Path, onnx_manifest: dict, options
 def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, options: BuildOptions = BuildOptions(),
                   progress: Callable[[str], None] = print) -> Path:
     """Build one engine per graph of the ONNX export ``onnx_dir`` into ``output`` (default
-    ``<onnx_dir>/tensorrt``; replaced only once every engine is built). Returns its path.
+    ``<onnx_dir>/tensorrt``; replaced only once every engine is built, and only if it is empty or
+    a vosrt export). Returns its path.
 
     The timing cache of a previous build in ``output`` is loaded first and the updated cache
     saved beside the engines, so rebuilding (another profile, another checkpoint) is fast.
@@ -65,6 +66,7 @@ def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, opt
     options = replace(options, profile=options.profile.for_export(onnx_manifest))
     if options.dla_core is not None and onnx_manifest["precision"] != "fp16":
         raise ValueError("DLA runs fp16 only: build DLA engines from an fp16 export (export-engine --fp16)")
+    artifacts.check_output(Path(output) if output else onnx_dir / ENGINE_DIR)
     trt = require_build_environment(onnx_dir, onnx_manifest, options, output)
     artifacts.register_custom_ops(onnx_manifest)
     output = Path(output) if output else onnx_dir / ENGINE_DIR

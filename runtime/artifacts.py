@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from . import outputs
 from .config import SessionConfig
 from .registry import MODELS, ModelSpec
 
@@ -161,20 +160,34 @@ def check_fits(manifest: dict, spec: ModelSpec, config: SessionConfig, fp16: boo
         raise ValueError(f"fp16=True but {directory} holds {manifest['precision']} graphs")
 
 
+def is_vosrt_export(directory: str | Path) -> bool:
+    """Whether ``directory``'s manifest marks it as written by vosrt (an ONNX export or an engine
+    directory, of this or an earlier format version): the only folders an export replaces."""
+    try:
+        found = json.loads((Path(directory) / MANIFEST).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(found, str) and found.startswith("vosrt-")
+
+
+_OUTPUT_RULE = dict(replaceable=is_vosrt_export, what="output folder", kind="a vosrt export")
+
+
+def check_output(output: str | Path) -> None:
+    """ValueError or FileExistsError unless an export may be written to ``output``: absent, empty
+    or a vosrt export (:func:`is_vosrt_export`), and not a protected folder
+    (:func:`vosrt.runtime.outputs.check_not_protected`)."""
+    outputs.check_replaceable(Path(output), **_OUTPUT_RULE)
+
+
 @contextlib.contextmanager
 def staged_directory(output: Path) -> Iterator[Path]:
     """A new temporary sibling of ``output`` to write into: when the block completes it replaces
-    ``output``; when it raises, it is removed and ``output`` is left as it was."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    ``output``; when it raises (or is interrupted), it is removed and ``output`` is left as it was.
+    ``output`` must pass :func:`check_output`, which is checked before the block runs and again
+    before the swap."""
+    with outputs.replaced_folder(output, **_OUTPUT_RULE) as staging:
         yield staging
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # -- TensorRT engines: what they are tied to -------------------------------------------------

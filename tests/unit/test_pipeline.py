@@ -79,9 +79,8 @@ def test_overlay_blends_palette_colours_on_objects(tmp_path):
     image = np.full((32, 48, 3), 100, np.uint8)
     labels = np.zeros((32, 48), np.int64)
     labels[8:24, 8:24] = 1
-    writer = io.OverlayVideoWriter(tmp_path / "o.avi", 5.0, (32, 48))
-    writer.write(image, labels)
-    writer.close()
+    with io.overlay_video(tmp_path / "o.avi", 5.0, (32, 48)) as writer:
+        writer.write(image, labels)
     ok, frame = cv2.VideoCapture(str(tmp_path / "o.avi")).read()
     rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(int)
     assert np.abs(rgb[2, 2] - 100).max() <= 8  # background unchanged (MJPG is lossy)

@@ -9,8 +9,7 @@ from pathlib import Path
 from vosrt.bench.settings import BENCH_BACKENDS, BenchSettings
 from vosrt.runtime.registry import MODEL_NAMES
 
-from .options import FLAGS, add_inference_options, argument, inference_options, parse_counts, parse_resolution, \
-    write_text_atomically
+from .options import FLAGS, add_inference_options, argument, inference_options, parse_counts, parse_resolution
 
 
 def add_parser(sub) -> None:
@@ -44,6 +43,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     from vosrt.bench import report
     from vosrt.bench.measure import run_benchmark
+    from vosrt.runtime import outputs
 
     if args.plot:
         report.require_matplotlib()
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> None:
     results = {"command": shlex.join(["vosrt", *args.argv])} | run_benchmark(settings)
     print(report.format_table(results))
     if args.json:
-        write_text_atomically(Path(args.json), json.dumps(results, indent=2) + "\n")
+        outputs.write_text(args.json, json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot:
         report.plot(results, args.plot)

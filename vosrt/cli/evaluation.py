@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
-from .options import write_text_atomically
 
 
 def add_parser(sub) -> None:
@@ -24,6 +21,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from vosrt import evaluate
+    from vosrt.runtime import outputs
 
     scoring = args.pred is not None or args.gt is not None
     if (args.compare is None) != scoring or (scoring and (args.pred is None or args.gt is None)):
@@ -37,5 +35,5 @@ def run(args: argparse.Namespace) -> None:
         report = evaluate.score_report(score)
         print(evaluate.format_score(score))
     if args.json:
-        write_text_atomically(Path(args.json), json.dumps(report, indent=2) + "\n")
+        outputs.write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -17,14 +17,20 @@ def add_parser(sub) -> None:
                                    "frame, or a folder of PNGs named like the frames (00000.png, 00001.png, ... for "
                                    "videos and cameras; every mask found is used, and a mask may hold only new "
                                    "objects). Writes palette PNG label maps to --output and/or an overlay video to "
-                                   "--overlay, at the input's size and frame rate. Stop a camera with Ctrl-C.")
+                                   "--overlay, at the input's size and frame rate, only once the run is complete. "
+                                   "Stop a camera with Ctrl-C.")
     p.add_argument("model", choices=MODEL_NAMES)
     p.add_argument("--weights", help="checkpoint file (default: download the official one)")
     p.add_argument("--input", "--images", dest="input", required=True,
                    help="image folder (jpg/png, in name order), video file, or camera index (0, 1, ...)")
     p.add_argument("--masks", required=True, help="PNG label map of the first frame, or a folder of them")
-    p.add_argument("--output", help="folder for the palette PNG label maps")
-    p.add_argument("--overlay", help="video file (.mp4/.avi) of the frames with the masks blended in")
+    p.add_argument("--output", help="folder for the palette PNG label maps (new or empty; not inside --input or "
+                                    "--masks)")
+    p.add_argument("--overlay", help="video file (.mp4/.avi) of the frames with the masks blended in (H.264 where "
+                                     "OpenCV can encode it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --output, replacing only the label maps this run writes, and replace "
+                        "an existing --overlay")
     p.add_argument("--fps", type=float, help=f"overlay frame rate when the input has none (image folder; "
                                               f"default {DEFAULT_FPS:g})")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
@@ -53,11 +59,14 @@ def run(args: argparse.Namespace) -> None:
 
     with io.open_frames(args.input) as source:
         result = pipeline.segment(make_session, source, args.masks, output=args.output, overlay=args.overlay,
-                                  fps=args.fps, max_frames=args.max_frames)
+                                  fps=args.fps, max_frames=args.max_frames, overwrite=args.overwrite)
     stopped = " (stopped)" if result.stopped else ""
     print(f"segmented {result.frames} frames{stopped} in {result.seconds:.1f} s "
           f"({result.frames / max(result.seconds, 1e-9):.2f} fps)")
     if result.output is not None:
         print(f"wrote {result.frames} label maps to {result.output}")
+        if result.others:
+            print(f"note: {len(result.others)} other files in {result.output} were left as they were "
+                  f"(e.g. {result.others[0]})")
     if result.overlay is not None:
         print(f"wrote the overlay video {result.overlay}")
