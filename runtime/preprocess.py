@@ -9,11 +9,32 @@ import torch.nn.functional as F
 from .geometry import FrameGeometry
 
 
-def prepare_image(image: np.ndarray, max_internal_size: int, device: torch.device) -> tuple[torch.Tensor, FrameGeometry]:
-    """``HxWx3`` RGB (uint8, or float in [0, 1]) -> ``[1, 3, H', W']`` float32 on ``device``."""
+def check_image(image: np.ndarray) -> None:
+    """ValueError unless ``image`` is ``HxWx3`` RGB, uint8 (0..255) or float (16, 32 or 64 bit) with
+    every value in [0, 1]: other integer types, booleans, NaN or infinite values and floats outside
+    [0, 1] (a forgotten ``/ 255``) are refused, never reinterpreted."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", type(image).__name__)
         raise ValueError(f"image must be an HxWx3 RGB numpy array, got {shape}")
+    if image.dtype == np.uint8:
+        return
+    if not np.issubdtype(image.dtype, np.floating):
+        hint = {np.dtype(np.uint16): "; for 16-bit images: (image / 65535).astype(np.float32)"}.get(image.dtype, "")
+        raise ValueError(f"image dtype {image.dtype}: give uint8 (0..255) or float in [0, 1]{hint}")
+    bad = image.size - int(np.isfinite(image).sum())
+    if bad:
+        raise ValueError(f"image has {bad} NaN or infinite values; the frame was not used (give finite values "
+                         "in [0, 1])")
+    low, high = float(image.min()), float(image.max())
+    if low < 0 or high > 1:
+        hint = " (0..255? divide by 255)" if low >= 0 and high <= 255 else ""
+        raise ValueError(f"float image values span [{low:g}, {high:g}], outside [0, 1]{hint}")
+
+
+def prepare_image(image: np.ndarray, max_internal_size: int, device: torch.device) -> tuple[torch.Tensor, FrameGeometry]:
+    """``HxWx3`` RGB (uint8, or float in [0, 1]: see :func:`check_image`) -> ``[1, 3, H', W']``
+    float32 on ``device``."""
+    check_image(image)
     geometry = FrameGeometry.for_size(image.shape[:2], max_internal_size)
     x = torch.from_numpy(np.array(image)).to(device)  # a copy: the input may be read-only
     x = x.permute(2, 0, 1).float()

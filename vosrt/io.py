@@ -54,10 +54,18 @@ def list_frames(folder: str | Path) -> list[Path]:
     return frames
 
 
+# Image modes with more than 8 bits a channel: converting them to RGB clips (a 16-bit frame would
+# become nearly all white), so they are refused, as integer arrays other than uint8 are by a session.
+_WIDE_MODES = ("I", "F")
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """``HxWx3`` uint8 RGB."""
+    """``HxWx3`` uint8 RGB of an 8-bit image file (16-bit and float images are errors)."""
     try:
         with Image.open(path) as im:
+            if im.mode.startswith(_WIDE_MODES):
+                raise ValueError(f"{path} is a {im.mode} image (more than 8 bits); vosrt reads 8-bit images: "
+                                 "convert it to 8-bit RGB first")
             return np.asarray(im.convert("RGB"))
     except OSError as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
