@@ -80,7 +80,9 @@ class Session(ABC):
 
         image: ``HxWx3`` RGB, uint8 or float in [0, 1] (other dtypes, NaN/Inf and floats outside
         [0, 1] are errors, and leave the session as it was). mask: ``HxW`` integer label map (0 =
-        background) or None; ``objects``: the labels it gives (default: every label in it);
+        background) or None; a mask a few pixels off the frame size is aligned as the official
+        code aligns it, with a warning (:func:`vosrt.runtime.geometry.check_mask_size`);
+        ``objects``: the labels it gives (default: every label in it);
         objects already tracked but absent from ``objects`` keep being propagated. ``end``:
         the last frame of the video (nothing is memorised).
         Returns float32 ``[num_objects + 1, H, W]``: background, then objects in id order.

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from vosrt import io
 from vosrt.runtime import outputs
+from vosrt.runtime.geometry import check_mask_size
 
 if TYPE_CHECKING:
     from vosrt.runtime.session import Session
@@ -85,7 +85,7 @@ def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks
             # A file's last frame is known one frame ahead; a live stream is not held back for that.
             flagged = _flag_last(stream) if source.length is not None else ((f, False) for f in stream)
             for frame, last in flagged:
-                mask = first_mask if count == 0 else _mask_for(frame, mask_paths, bar)
+                mask = first_mask if count == 0 else _mask_for(frame, mask_paths)
                 prob = session.step(frame.image, mask, end=last)
                 write(frame, session.to_mask(prob))
                 count += 1
@@ -99,26 +99,20 @@ def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks
                          Path(overlay) if overlay is not None else None, stopped, written.others)
 
 
-def _mask_for(frame: io.Frame, mask_paths: dict[str, Path], bar: tqdm) -> np.ndarray | None:
+def _mask_for(frame: io.Frame, mask_paths: dict[str, Path]) -> np.ndarray | None:
     if frame.name not in mask_paths:
         return None
-    mask, _ = _read_mask(mask_paths[frame.name], frame.image.shape[:2], bar.write)
+    mask, _ = _read_mask(mask_paths[frame.name], frame.image.shape[:2])
     return mask
 
 
-def _read_mask(path: Path, size: tuple[int, int], note: Callable[[str], None] = print
-               ) -> tuple[np.ndarray, list[int] | None]:
-    """Label map for a frame of ``size`` (H, W). Masks a pixel or so off the frame size (as in
-    some DAVIS annotations) are resized with nearest neighbour, as the official reader does;
-    larger mismatches are errors."""
+def _read_mask(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[int] | None]:
+    """Label map for a frame of ``size`` (H, W), and its palette. A mask a few pixels off the frame
+    size (as in some DAVIS annotations) is aligned by the session as the official code aligns it
+    (:func:`vosrt.runtime.geometry.check_mask_size`); other sizes are errors."""
     mask, palette = io.read_label_map(path)
-    if mask.shape == size:
-        return mask, palette
-    if any(abs(m - s) > max(2, s // 100) for m, s in zip(mask.shape, size)):
-        raise ValueError(f"mask {path} is {mask.shape[0]}x{mask.shape[1]} but the frame is {size[0]}x{size[1]}")
-    note(f"note: resized mask {path.name} from {mask.shape[0]}x{mask.shape[1]} to {size[0]}x{size[1]}")
-    resized = Image.fromarray(mask.astype(np.uint8)).resize(size[::-1], Image.NEAREST)
-    return np.asarray(resized).astype(np.int64), palette
+    check_mask_size(mask.shape, size, f"mask {path}")
+    return mask, palette
 
 
 def _flag_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
