@@ -170,6 +170,7 @@ class CaptureSource(FrameSource):
         self.length = count if count > 0 and not is_camera else None
 
     def __iter__(self) -> Iterator[Frame]:
+        """The frames; a :class:`VosrtWarning` when a file ends before the frame count its header gives."""
         import cv2
 
         if self._first is None:
@@ -179,6 +180,9 @@ class CaptureSource(FrameSource):
             yield Frame(f"{index:05d}", cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
             ok, image = self._capture.read()
             image, index = (image if ok else None), index + 1
+        if self.length is not None and index < self.length:
+            warnings.warn(VosrtWarning(f"{self.description} ended after {index} of the {self.length} frames its "
+                                       "header announces: the file is probably truncated"), stacklevel=2)
 
     def close(self) -> None:
         self._capture.release()

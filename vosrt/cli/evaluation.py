@@ -7,8 +7,10 @@ import json
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="J&F against ground truth, or IoU agreement of two prediction folders",
-                       description="--pred DIR --gt DIR: J&F (DAVIS protocol: first and last frame skipped) computed "
-                                   "by the vos-benchmark package. --compare DIR_A DIR_B: per-frame IoU agreement of "
+                       description="--pred DIR --gt DIR: J&F (DAVIS protocol: first and last frame skipped; label "
+                                   "255 in the ground truth is void and scored for no object, as the DAVIS toolkit "
+                                   "does; a ground truth a few pixels off the frame size is aligned as the official "
+                                   "code aligns masks) computed by the vos-benchmark package. --compare DIR_A DIR_B: per-frame IoU agreement of "
                                    "two prediction folders, e.g. an fp16 engine against eager. A folder is one video "
                                    "(PNG label maps inside) or a dataset (one sub-folder per video).")
     p.add_argument("--pred", help="predicted label maps")
