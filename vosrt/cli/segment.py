@@ -16,9 +16,10 @@ def add_parser(sub) -> None:
                                    "camera index), starting from the label maps in --masks: one PNG for the first "
                                    "frame, or a folder of PNGs named like the frames (00000.png, 00001.png, ... for "
                                    "videos and cameras; every mask found is used, and a mask may hold only new "
-                                   "objects). Writes palette PNG label maps to --output and/or an overlay video to "
-                                   "--overlay, at the input's size and frame rate, only once the run is complete. "
-                                   "Stop a camera with Ctrl-C.")
+                                   "objects; one a few pixels off the frame size is aligned as the official code "
+                                   "aligns it, with a warning). Frames are 8-bit images. Writes palette PNG label "
+                                   "maps to --output and/or an overlay video to --overlay, at the input's size and "
+                                   "frame rate, only once the run is complete. Stop a camera with Ctrl-C.")
     p.add_argument("model", choices=MODEL_NAMES)
     p.add_argument("--weights", help="checkpoint file (default: download the official one)")
     p.add_argument("--input", "--images", dest="input", required=True,
@@ -34,10 +35,15 @@ def add_parser(sub) -> None:
     p.add_argument("--fps", type=float, help=f"overlay frame rate when the input has none (image folder; "
                                               f"default {DEFAULT_FPS:g})")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="default: the one --export-dir is for (tensorrt for an engine directory, else onnxruntime), "
+                        "torch without --export-dir")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda with tensorrt, else cpu)")
     p.add_argument("--export-dir", help="onnxruntime: an ONNX export (default: exported into the cache); "
                                         "tensorrt (required): a directory built by export-engine")
+    p.add_argument("--no-check-files", dest="check_files", action="store_false",
+                   help="do not compare the files of --export-dir with the sha256 sums of its manifest (for graphs "
+                        "edited on purpose)")
     p.add_argument("--fp16", action="store_true",
                    help="torch (CUDA): fp16 autocast where the official code allows it; onnxruntime: fp16 graphs")
     p.add_argument("--amp", action="store_true", help="torch (CUDA): the official AMP, the whole step under autocast")
@@ -49,13 +55,15 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from vosrt import io, pipeline
-    from vosrt.api import load
+    from vosrt.api import backend_for, load
 
     options = inference_options(args)
+    backend = args.backend or backend_for(args.export_dir)
+    device = args.device or ("cuda" if backend == "tensorrt" else "cpu")
 
     def make_session():
-        return load(args.model, args.weights, backend=args.backend, device=args.device, export_dir=args.export_dir,
-                    fp16=args.fp16, amp=args.amp, cuda_graph=args.cuda_graph, **options)
+        return load(args.model, args.weights, backend=backend, device=device, export_dir=args.export_dir,
+                    fp16=args.fp16, amp=args.amp, cuda_graph=args.cuda_graph, check_files=args.check_files, **options)
 
     with io.open_frames(args.input) as source:
         result = pipeline.segment(make_session, source, args.masks, output=args.output, overlay=args.overlay,
