@@ -24,6 +24,7 @@ from vosrt.runtime.registry import model_spec
 from vosrt.runtime.stages import StageSpec, example_inputs
 
 from .fp16 import convert_to_fp16
+from .opset import DEFAULT_OPSET, check_opset
 
 EXPORT_SIZE = (128, 192)  # any multiple of 16 works: H and W are dynamic axes
 EXPORT_OBJECTS = 2
@@ -51,9 +52,11 @@ def stage_modules(family: ModelFamily, network: nn.Module, settings: Mapping[str
 
 
 def export_onnx(network: nn.Module, model: str, output: str | Path, *, config: SessionConfig | None = None,
-                checkpoint: str | Path | None = None, fp16: bool = False, opset: int = 17, custom_ops: bool = False,
-                progress: Callable[[str], None] = print) -> Path:
-    """Export ``network`` (model ``model``) to the directory ``output`` (replaced if it exists). Returns its path.
+                checkpoint: str | Path | None = None, fp16: bool = False, opset: int = DEFAULT_OPSET,
+                custom_ops: bool = False, progress: Callable[[str], None] = print) -> Path:
+    """Export ``network`` (model ``model``) to the directory ``output`` (replaced if it is a vosrt
+    export: :func:`vosrt.runtime.artifacts.check_output`) with ONNX ``opset`` (:data:`.opset.OPSETS`).
+    Returns its path.
 
     ``config``: the session settings the graphs are for (default: the model's official ones);
     what an export fixes (:meth:`SessionConfig.export_settings`, e.g. ``top_k``) is recorded in
@@ -63,6 +66,7 @@ def export_onnx(network: nn.Module, model: str, output: str | Path, *, config: S
     the custom ops the graphs hold, which a loader must register. ``fp16``: fp16 weights and
     activations, with what the official code keeps in fp32 kept in fp32 (:mod:`.fp16`).
     """
+    check_opset(opset)
     spec = model_spec(model)
     family, config = spec.family, config or spec.config_type()
     settings = config.export_settings()

@@ -53,18 +53,21 @@ def require_build_environment(onnx_dir: str | Path, onnx_manifest: dict, options
 
 
 def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, options: BuildOptions = BuildOptions(),
-                  progress: Callable[[str], None] = print) -> Path:
+                  progress: Callable[[str], None] = print, check_files: bool = True) -> Path:
     """Build one engine per graph of the ONNX export ``onnx_dir`` into ``output`` (default
-    ``<onnx_dir>/tensorrt``; replaced only once every engine is built). Returns its path.
+    ``<onnx_dir>/tensorrt``; replaced only once every engine is built, and only if it is empty or
+    a vosrt export). Returns its path. ``check_files``: compare the graphs with the sha256 sums of
+    the export's manifest first.
 
     The timing cache of a previous build in ``output`` is loaded first and the updated cache
     saved beside the engines, so rebuilding (another profile, another checkpoint) is fast.
     """
     onnx_dir = Path(onnx_dir)
-    onnx_manifest = artifacts.read_manifest(onnx_dir, ONNX_FORMAT)
+    onnx_manifest = artifacts.read_manifest(onnx_dir, ONNX_FORMAT, check_files=check_files)
     options = replace(options, profile=options.profile.for_export(onnx_manifest))
     if options.dla_core is not None and onnx_manifest["precision"] != "fp16":
         raise ValueError("DLA runs fp16 only: build DLA engines from an fp16 export (export-engine --fp16)")
+    artifacts.check_output(Path(output) if output else onnx_dir / ENGINE_DIR)
     trt = require_build_environment(onnx_dir, onnx_manifest, options, output)
     artifacts.register_custom_ops(onnx_manifest)
     output = Path(output) if output else onnx_dir / ENGINE_DIR
@@ -121,7 +124,7 @@ def _build_engine(trt, logger, onnx_path: Path, shapes: dict, options: BuildOpti
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}; export the graphs again")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace << 20)
     profile = builder.create_optimization_profile()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from . import outputs
 from .config import SessionConfig
 from .registry import MODELS, ModelSpec
 
@@ -99,6 +98,9 @@ def read_manifest(directory: str | Path, kind: str = ONNX_FORMAT, *, check_files
     for stage, entry in files.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise ArtifactError(f"{path}: {_FILES[kind]}.{stage} must be an object with a 'file'; export again")
+        if kind == ONNX_FORMAT and not all(_tensor_list(entry.get(side)) for side in ("inputs", "outputs")):
+            raise ArtifactError(f"{path}: graphs.{stage} must list its inputs and outputs (name, shape, dtype); "
+                                "export again")
         _check_file(directory, entry["file"], entry.get("sha256"), path, check_files)
     for name, file in manifest["constants"].items():
         _check_file(directory, file, None, path, check_files)
@@ -119,6 +121,12 @@ def _check_fields(manifest: Any, path: Path, kind: str) -> None:
         raise ArtifactError(f"{path} holds an unknown model {manifest['model']!r}")
 
 
+def _tensor_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("shape"), list)
+        and isinstance(t.get("dtype"), str) for t in value)
+
+
 def _check_file(directory: Path, file: str, digest: str | None, manifest_path: Path, check_sum: bool) -> None:
     path = directory / file
     if Path(file).name != file or not path.is_file():
@@ -126,6 +134,21 @@ def _check_file(directory: Path, file: str, digest: str | None, manifest_path: P
     if check_sum and digest is not None and sha256(path) != digest:
         raise ArtifactError(f"{path} differs from the file the manifest records (sha256 mismatch): export again, "
                             "or pass check_files=False (--no-check-files) if you edited it on purpose")
+
+
+@contextlib.contextmanager
+def load_errors(directory: str | Path, runtime: str = "ONNX Runtime") -> Iterator[None]:
+    """Within the block, an error of ``runtime`` loading a graph of ``directory`` (onnxruntime's
+    InvalidProtobuf, InvalidArgument, ...; a protobuf DecodeError), which derive from Exception
+    only, becomes one :class:`ArtifactError` line that says what to do."""
+    try:
+        yield
+    except Exception as err:
+        if not type(err).__module__.startswith(("onnxruntime", "onnx", "google.protobuf")):
+            raise
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        raise ArtifactError(f"{runtime} cannot load a graph of {directory} ({lines[0]}): export again, or restore "
+                            "the file (without --no-check-files a changed file is caught by its sha256)") from None
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
@@ -161,20 +184,34 @@ def check_fits(manifest: dict, spec: ModelSpec, config: SessionConfig, fp16: boo
         raise ValueError(f"fp16=True but {directory} holds {manifest['precision']} graphs")
 
 
+def is_vosrt_export(directory: str | Path) -> bool:
+    """Whether ``directory``'s manifest marks it as written by vosrt (an ONNX export or an engine
+    directory, of this or an earlier format version): the only folders an export replaces."""
+    try:
+        found = json.loads((Path(directory) / MANIFEST).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(found, str) and found.startswith("vosrt-")
+
+
+_OUTPUT_RULE = dict(replaceable=is_vosrt_export, what="output folder", kind="a vosrt export")
+
+
+def check_output(output: str | Path) -> None:
+    """ValueError or FileExistsError unless an export may be written to ``output``: absent, empty
+    or a vosrt export (:func:`is_vosrt_export`), and not a protected folder
+    (:func:`vosrt.runtime.outputs.check_not_protected`)."""
+    outputs.check_replaceable(Path(output), **_OUTPUT_RULE)
+
+
 @contextlib.contextmanager
 def staged_directory(output: Path) -> Iterator[Path]:
     """A new temporary sibling of ``output`` to write into: when the block completes it replaces
-    ``output``; when it raises, it is removed and ``output`` is left as it was."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    ``output``; when it raises (or is interrupted), it is removed and ``output`` is left as it was.
+    ``output`` must pass :func:`check_output`, which is checked before the block runs and again
+    before the swap."""
+    with outputs.replaced_folder(output, **_OUTPUT_RULE) as staging:
         yield staging
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # -- TensorRT engines: what they are tied to -------------------------------------------------

@@ -9,6 +9,7 @@ A model's session implements ``_step`` (and the memory it keeps).
 from __future__ import annotations
 
 import contextlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from vosrt.models.common import aggregate
 from .backends.base import Backend
 from .config import SessionConfig
 from .objects import ObjectManager
-from .geometry import FrameGeometry
+from .geometry import STRIDE, FrameGeometry
 from .preprocess import prepare_image, prepare_mask, restore
 
 
@@ -77,8 +78,11 @@ class Session(ABC):
              *, end: bool = False) -> np.ndarray:
         """Process one frame.
 
-        image: ``HxWx3`` RGB, uint8 or float in [0, 1]. mask: ``HxW`` integer label map (0 =
-        background) or None; ``objects``: the labels it gives (default: every label in it);
+        image: ``HxWx3`` RGB, uint8 or float in [0, 1] (other dtypes, NaN/Inf and floats outside
+        [0, 1] are errors, and leave the session as it was). mask: ``HxW`` integer label map (0 =
+        background) or None; a mask a few pixels off the frame size is aligned as the official
+        code aligns it, with a warning (:func:`vosrt.runtime.geometry.check_mask_size`);
+        ``objects``: the labels it gives (default: every label in it);
         objects already tracked but absent from ``objects`` keep being propagated. ``end``:
         the last frame of the video (nothing is memorised).
         Returns float32 ``[num_objects + 1, H, W]``: background, then objects in id order.
@@ -113,6 +117,10 @@ class Session(ABC):
         """Segment ``frame`` and update the memory -> ``[K + 1, H', W']`` probabilities in memory order."""
 
     @abstractmethod
+    def _memory_tokens(self, frame_tokens: int) -> int:
+        """The most memory tokens one query token can read from, for frames of ``frame_tokens`` tokens."""
+
+    @abstractmethod
     def _keep_rows(self, rows: list[int], removed: list[int]) -> None:
         """Keep the per-object state of ``rows`` (memory order); ``removed`` objects leave the memory."""
 
@@ -123,6 +131,7 @@ class Session(ABC):
         same within a video, and a frame without a mask needs memory to be propagated from."""
         image_t, geometry = prepare_image(image, self.config.max_internal_size, self.backend.device)
         if self._geometry is None:
+            self._check_memory_fits(geometry)
             self._geometry = geometry
         elif geometry != self._geometry:
             raise ValueError(f"frame size changed from {self._geometry.size} to {geometry.size} within a video; "
@@ -134,6 +143,21 @@ class Session(ABC):
         since_memory = self.frame_index - self._last_memory_index
         memorise = (since_memory >= self.config.mem_every or labels is not None) and not end
         return Frame(image_t, geometry, labels, objects, memorise, since_memory, end)
+
+    def _check_memory_fits(self, geometry: FrameGeometry) -> None:
+        """ValueError, before anything runs, when the dense memory readout of frames of this size
+        (fp32 similarities of every query token with every memory token) exceeds the device's memory."""
+        needed = _readout_bytes(self._memory_tokens, geometry)
+        available = _device_memory(self.backend.device)
+        if needed <= available:
+            return
+        fitting = [size for size in (1080, 720, 480, 360, 240)
+                   if _readout_bytes(self._memory_tokens, FrameGeometry.for_size(geometry.size, size)) <= available / 2]
+        hint = f"max_internal_size={fitting[0]} (--max-internal-size {fitting[0]})" if fitting else "max_internal_size"
+        raise ValueError(f"a {geometry.size[0]}x{geometry.size[1]} frame (network size {geometry.padded[0]}x"
+                         f"{geometry.padded[1]}) needs at least {needed / 1e9:.0f} GB for the memory readout, "
+                         f"more than the {available / 1e9:.0f} GB of {self.backend.device.type} memory here: pass "
+                         f"{hint} to resize the frames")
 
     def _merge_mask(self, prob: torch.Tensor | None, labels: torch.Tensor, objects: list[int]) -> torch.Tensor:
         """Combine a label map with the prediction for the tracked objects (if any) -> ``[K' + 1, H, W]``
@@ -155,3 +179,16 @@ class Session(ABC):
         """Network-size ``[K + 1, H', W']`` in memory order -> frame-size float32 numpy in id order."""
         prob = restore(prob, geometry)
         return prob[self.objects.output_order()].float().cpu().numpy()
+
+
+def _readout_bytes(memory_tokens, geometry: FrameGeometry) -> int:
+    """Bytes of one fp32 similarity of every query token with every memory token."""
+    tokens = (geometry.padded[0] // STRIDE) * (geometry.padded[1] // STRIDE)
+    return 4 * tokens * memory_tokens(tokens)
+
+
+def _device_memory(device: torch.device) -> int:
+    """Bytes of memory of ``device``: the GPU's, or the machine's for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

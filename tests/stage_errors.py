@@ -51,17 +51,16 @@ class RecordingBackend(BackendWrapper):
 
 def davis_frames(clip: str, plan: list[tuple[int, list[int] | None]]) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """(image, label map of ``objects`` or None) for each ``(frame index, objects or None)`` of ``plan``
-    on the DAVIS example ``clip`` (the masks resized a pixel where the annotation is, as ``vosrt segment`` does)."""
+    on the DAVIS example ``clip`` (masks a pixel off the frame size as read: the session aligns them)."""
     from helpers import DAVIS
     from vosrt import io
-    from vosrt.pipeline import _read_mask
 
     frames = []
     for index, objects in plan:
         image = io.read_rgb(DAVIS / "images" / clip / f"{index:05d}.jpg")
         mask = None
         if objects is not None:
-            labels = _read_mask(DAVIS / "masks" / clip / f"{index:05d}.png", image.shape[:2], lambda _: None)[0]
+            labels, _ = io.read_label_map(DAVIS / "masks" / clip / f"{index:05d}.png")
             mask = np.where(np.isin(labels, objects), labels, 0)
         frames.append((image, mask))
     return frames

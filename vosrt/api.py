@@ -33,16 +33,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def load(name: str, weights: str | Path | None = None, *, backend: str = "torch", device: str = "cpu",
+def load(name: str, weights: str | Path | None = None, *, backend: str | None = None, device: str = "cpu",
          export_dir: str | Path | None = None, fp16: bool = False, amp: bool = False, cuda_graph: bool = False,
-         **options) -> Session:
+         check_files: bool = True, **options) -> Session:
     """Create a segmentation session.
 
     name: ``cutie-small``, ``cutie-base`` or ``jointformer``. weights: a checkpoint file; None downloads the
-    official one. backend: ``torch`` (eager), ``onnxruntime`` or ``tensorrt``.
+    official one. backend: ``torch`` (eager), ``onnxruntime`` or ``tensorrt``; None: the one
+    ``export_dir``'s manifest is for (:func:`backend_for`), ``torch`` without ``export_dir``.
     export_dir: onnxruntime: a directory written by ``export-engine --format onnx`` (None:
     the graphs are exported once into the cache); tensorrt (required): a directory written by
     ``export-engine`` (ONNX graphs with engines in ``tensorrt/``) or its engine directory.
+    check_files: compare every file of ``export_dir`` with the sha256 its manifest records
+    (False for graphs edited on purpose).
     fp16: torch (Cutie, CUDA): fp16 autocast in every stage, fp32 where the official code keeps it;
     onnxruntime: fp16 graphs; tensorrt: asserts the engines are fp16 (they fix the precision).
     amp (torch, CUDA): the official AMP, the whole step under autocast (eager baseline).
@@ -52,6 +55,7 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     ``stagger_updates``, ``chunk_size``, ``use_long_term`` and ``long_term_*``; JointFormer's
     ``include_last``, ``topk_range``, ``topk_block``, ``topk_clstoken``.
     """
+    backend = backend or backend_for(export_dir)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     spec = model_spec(name)
@@ -61,14 +65,22 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     if backend == "torch":
         runner = _torch_backend(spec, weights, config, device, fp16)
     elif backend == "onnxruntime":
-        runner = _onnxruntime_backend(spec, weights, config, device, export_dir, fp16)
+        runner = _onnxruntime_backend(spec, weights, config, device, export_dir, fp16, check_files)
     else:
-        runner = _tensorrt_backend(spec, config, device, export_dir, fp16)
+        runner = _tensorrt_backend(spec, config, device, export_dir, fp16, check_files)
     if cuda_graph:
         from vosrt.runtime.backends.cuda_graphs import CudaGraphBackend
 
         runner = CudaGraphBackend(runner)
     return spec.family.new_session(runner, config, amp=amp)
+
+
+def backend_for(export_dir: str | Path | None) -> str:
+    """The backend an export directory is for: ``tensorrt`` for an engine directory, else
+    ``onnxruntime``; ``torch`` without one."""
+    if export_dir is None:
+        return "torch"
+    return "tensorrt" if artifacts.is_engine_dir(export_dir) else "onnxruntime"
 
 
 def _check_gpu_options(spec: ModelSpec, backend: str, device: torch.device, fp16: bool, amp: bool,
@@ -90,6 +102,8 @@ def _check_gpu_options(spec: ModelSpec, backend: str, device: torch.device, fp16
                          "(jointformer: with backend='tensorrt')")
     if cuda_graph and backend == "onnxruntime":
         raise ValueError("cuda_graph=True applies to backend='torch' or 'tensorrt'")
+    if asked and not torch.cuda.is_available():
+        raise ValueError(f"{asked[0]} needs an NVIDIA GPU, and no CUDA GPU is available here")
 
 
 def _torch_backend(spec: ModelSpec, weights, config: SessionConfig, device: torch.device, fp16: bool) -> Backend:
@@ -99,12 +113,13 @@ def _torch_backend(spec: ModelSpec, weights, config: SessionConfig, device: torc
 
 
 def _onnxruntime_backend(spec: ModelSpec, weights, config: SessionConfig, device: torch.device, export_dir,
-                         fp16: bool) -> Backend:
+                         fp16: bool, check_files: bool) -> Backend:
     from vosrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     if export_dir is None:
         export_dir = _cached_export(spec, weights, config, fp16)
-    runner = OnnxRuntimeBackend(export_dir, device)
+    with artifacts.load_errors(export_dir):
+        runner = OnnxRuntimeBackend(export_dir, device, check_files=check_files)
     artifacts.check_fits(runner.manifest, spec, config, fp16, export_dir)
     return runner
 
@@ -122,14 +137,15 @@ def _cached_export(spec: ModelSpec, weights, config: SessionConfig, fp16: bool) 
     return export_dir
 
 
-def _tensorrt_backend(spec: ModelSpec, config: SessionConfig, device: torch.device, export_dir, fp16: bool) -> Backend:
+def _tensorrt_backend(spec: ModelSpec, config: SessionConfig, device: torch.device, export_dir, fp16: bool,
+                      check_files: bool) -> Backend:
     from vosrt.runtime.backends.tensorrt import TensorRTBackend
 
     if export_dir is None:
         raise ValueError("backend='tensorrt' needs export_dir: a directory built by export-engine for this GPU "
                          "(engines are built for an image size and object count)")
     engine_dir = artifacts.engine_directory(export_dir)
-    manifest = artifacts.read_manifest(engine_dir, artifacts.ENGINE_FORMAT)
+    manifest = artifacts.read_manifest(engine_dir, artifacts.ENGINE_FORMAT, check_files=check_files)
     artifacts.check_fits(manifest, spec, config, fp16, export_dir)
     config.check_engine_memory(manifest["max_mem_frames"], export_dir, static=manifest["dla_core"] is not None)
-    return TensorRTBackend(engine_dir, device)
+    return TensorRTBackend(engine_dir, device, check_files=check_files)

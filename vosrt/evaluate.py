@@ -2,7 +2,10 @@
 package) and per-frame IoU agreement between two prediction folders.
 
 A folder is either one video (PNG label maps directly inside) or a dataset (one sub-folder
-of PNGs per video); both sides must have the same form.
+of PNGs per video); both sides must have the same form. Ground truth as DAVIS gives it is
+scored as the DAVIS toolkit scores it: label 255 is void (those pixels count for no object, in
+the ground truth and in the prediction alike), and a ground-truth mask a few pixels off the
+frame size is aligned as the official code aligns masks (:func:`vosrt.runtime.geometry.mask_on_frame`).
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from vosrt import io
+from vosrt.runtime.geometry import ALIGNMENT_RULE, alignable, mask_on_frame
+
+VOID = 255  # DAVIS: pixels of the ground truth that are scored for no object
 
 
 @dataclass
@@ -53,15 +59,12 @@ def jf_score(pred: str | Path, gt: str | Path, skip_first_and_last: bool = True)
         raise RuntimeError("vosrt eval needs vos-benchmark: pip install 'vosrt[eval]'") from None
     gt_videos = videos_in(gt)
     pred_videos = _paired(videos_in(pred), gt_videos)
-    _check_frames(pred_videos, gt_videos)
     with tempfile.TemporaryDirectory(prefix="vosrt-eval-") as work:
-        # vos-benchmark reads <root>/<video>/*.png and writes results.csv into the prediction
-        # root: give it roots of links, so the user's folders stay as they are.
+        # vos-benchmark reads <root>/<video>/*.png (and writes results.csv into the prediction
+        # root): give it roots of prepared copies, so the user's folders stay as they are.
         roots = {side: Path(work) / side for side in ("pred", "gt")}
-        for side, videos in (("pred", pred_videos), ("gt", gt_videos)):
-            roots[side].mkdir()
-            for name, folder in videos.items():
-                (roots[side] / name).symlink_to(folder.resolve(), target_is_directory=True)
+        for name, gt_folder in gt_videos.items():
+            _prepare_video(gt_folder, pred_videos[name], roots["gt"] / name, roots["pred"] / name)
         with contextlib.redirect_stdout(text_io.StringIO()):
             (jf,), (j,), (f,), (per_video,) = benchmark([str(roots["gt"])], [str(roots["pred"])], num_processes=1,
                                                         verbose=False, skip_first_and_last=skip_first_and_last)
@@ -80,28 +83,44 @@ def _paired(pred_videos: dict[str, Path], gt_videos: dict[str, Path]) -> dict[st
     return {name: pred_videos[name] for name in gt_videos}
 
 
-def _check_frames(pred_videos: dict[str, Path], gt_videos: dict[str, Path]) -> None:
-    """What vos-benchmark would end the process over (it calls ``exit``), as errors: every
-    ground-truth frame needs a prediction of the same size."""
-    for name, gt_folder in gt_videos.items():
-        for gt_path in sorted(gt_folder.glob("*.png")):
-            pred_path = pred_videos[name] / gt_path.name
-            if not pred_path.is_file():
-                raise ValueError(f"no prediction {pred_path} for the ground truth {gt_path}")
-            gt_size, pred_size = _size(gt_path), _size(pred_path)
-            if gt_size != pred_size:
-                raise ValueError(f"prediction {pred_path} is {pred_size[0]}x{pred_size[1]} but the ground truth "
-                                 f"is {gt_size[0]}x{gt_size[1]}")
+def _prepare_video(gt_folder: Path, pred_folder: Path, gt_out: Path, pred_out: Path) -> None:
+    """Copies of each ground-truth label map and its prediction as vos-benchmark scores them
+    (what it would end the process over raised as errors first): every ground-truth frame needs
+    a prediction, both label maps (not RGB), of the same size or alignable; void pixels cleared in both."""
+    gt_out.mkdir(parents=True)
+    pred_out.mkdir(parents=True)
+    for gt_path in sorted(gt_folder.glob("*.png")):
+        pred_path = pred_folder / gt_path.name
+        if not pred_path.is_file():
+            raise ValueError(f"no prediction {pred_path} for the ground truth {gt_path}")
+        truth, _ = io.read_label_map(gt_path)
+        prediction, _ = io.read_label_map(pred_path)
+        truth = _aligned_truth(truth, prediction.shape, gt_path, pred_path)
+        void = truth == VOID
+        truth[void], prediction[void] = 0, 0
+        _save_labels(gt_out / gt_path.name, truth)
+        _save_labels(pred_out / gt_path.name, prediction)
 
 
-def _size(path: Path) -> tuple[int, int]:
+def _aligned_truth(truth: np.ndarray, size: tuple[int, int], gt_path: Path, pred_path: Path) -> np.ndarray:
+    """``truth`` at the prediction's ``size``: as it is, or aligned as the official code aligns a mask
+    a few pixels off the frame size (zero-padded or cropped at its own padding); other sizes are errors."""
+    if truth.shape == size:
+        return truth
+    if not alignable(truth.shape, size):
+        raise ValueError(f"prediction {pred_path} is {size[0]}x{size[1]} but the ground truth is "
+                         f"{truth.shape[0]}x{truth.shape[1]} ({ALIGNMENT_RULE})")
+    left, right, top, bottom = mask_on_frame(truth.shape, size)
+    padded = np.pad(truth, ((max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0))))
+    return padded[max(-top, 0):padded.shape[0] - max(-bottom, 0), max(-left, 0):padded.shape[1] - max(-right, 0)]
+
+
+def _save_labels(path: Path, labels: np.ndarray) -> None:
+    """A label map as vos-benchmark reads it (one value per pixel), quickly."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except OSError as err:
-        raise ValueError(f"cannot read mask {path}: {err}") from None
+    dtype = np.uint8 if labels.max(initial=0) <= 255 else np.uint16
+    Image.fromarray(labels.astype(dtype)).save(path, compress_level=1)
 
 
 @dataclass

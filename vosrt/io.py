@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from vosrt.runtime import outputs
+from vosrt.runtime.errors import VosrtWarning
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -30,6 +34,15 @@ def voc_palette(n: int = 256) -> list[int]:
     return palette
 
 
+def full_palette(palette: list[int] | None = None) -> list[int]:
+    """A 256-colour palette (768 values): ``palette``'s colours first (a PNG's palette may list
+    fewer), the VOC colours after them. Every label map is written with all 256 entries, so a
+    label beyond the first mask's colours never wraps."""
+    given = list(palette or [])[:768]
+    given = given[:len(given) - len(given) % 3]
+    return given + voc_palette()[len(given):]
+
+
 def list_frames(folder: str | Path) -> list[Path]:
     """Image files of a folder, sorted by name."""
     folder = Path(folder)
@@ -41,10 +54,18 @@ def list_frames(folder: str | Path) -> list[Path]:
     return frames
 
 
+# Image modes with more than 8 bits a channel: converting them to RGB clips (a 16-bit frame would
+# become nearly all white), so they are refused, as integer arrays other than uint8 are by a session.
+_WIDE_MODES = ("I", "F")
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """``HxWx3`` uint8 RGB."""
+    """``HxWx3`` uint8 RGB of an 8-bit image file (16-bit and float images are errors)."""
     try:
         with Image.open(path) as im:
+            if im.mode.startswith(_WIDE_MODES):
+                raise ValueError(f"{path} is a {im.mode} image (more than 8 bits); vosrt reads 8-bit images: "
+                                 "convert it to 8-bit RGB first")
             return np.asarray(im.convert("RGB"))
     except OSError as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
@@ -62,9 +83,19 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, list[int] | None]:
 
 
 def write_label_map(path: str | Path, labels: np.ndarray, palette: list[int] | None = None) -> None:
+    """``HxW`` labels 0..255 as an 8-bit palette PNG with 256 colours (see :func:`full_palette`)."""
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette(palette or voc_palette())
-    image.save(path)
+    image.putpalette(full_palette(palette))
+    image.save(path, format="PNG")
+
+
+def check_label_map(path: str | Path) -> None:
+    """OSError unless the PNG at ``path`` reads back whole (a write cut short, e.g. by a full disk)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, SyntaxError) as err:
+        raise OSError(f"could not write {path}: it does not read back ({err}); disk full?") from None
 
 
 # -- frame sources: an image folder, a video file or a camera ------------------------------
@@ -80,9 +111,11 @@ class Frame:
 
 class FrameSource:
     """Frames of a video in order. ``fps``: the source's frame rate (None when it has none,
-    as for an image folder); ``length``: the number of frames (None for a camera)."""
+    as for an image folder); ``length``: the number of frames (None for a camera);
+    ``location``: the folder or file the frames come from (None for a camera)."""
 
     description: str = ""
+    location: Path | None = None
     fps: float | None = None
     length: int | None = None
 
@@ -105,6 +138,7 @@ class ImageFolderSource(FrameSource):
     def __init__(self, folder: str | Path):
         self.paths = list_frames(folder)
         self.description = f"image folder {folder}"
+        self.location = Path(folder)
         self.length = len(self.paths)
 
     def __iter__(self) -> Iterator[Frame]:
@@ -121,6 +155,7 @@ class CaptureSource(FrameSource):
 
         is_camera = isinstance(target, int)
         self.description = f"camera {target}" if is_camera else f"video {target}"
+        self.location = None if is_camera else Path(target)
         with _native_stderr_silenced():  # OpenCV and FFmpeg print their own warnings on failure
             self._capture = cv2.VideoCapture(target)
             ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
@@ -135,6 +170,7 @@ class CaptureSource(FrameSource):
         self.length = count if count > 0 and not is_camera else None
 
     def __iter__(self) -> Iterator[Frame]:
+        """The frames; a :class:`VosrtWarning` when a file ends before the frame count its header gives."""
         import cv2
 
         if self._first is None:
@@ -144,6 +180,9 @@ class CaptureSource(FrameSource):
             yield Frame(f"{index:05d}", cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
             ok, image = self._capture.read()
             image, index = (image if ok else None), index + 1
+        if self.length is not None and index < self.length:
+            warnings.warn(VosrtWarning(f"{self.description} ended after {index} of the {self.length} frames its "
+                                       "header announces: the file is probably truncated"), stacklevel=2)
 
     def close(self) -> None:
         self._capture.release()
@@ -189,33 +228,82 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 # -- overlay video -------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def overlay_video(path: str | Path, fps: float, size: tuple[int, int], palette: list[int] | None = None,
+                  alpha: float = 0.5) -> Iterator["OverlayVideoWriter"]:
+    """An :class:`OverlayVideoWriter` for ``path`` that writes to a fresh hidden file beside it
+    (:func:`vosrt.runtime.outputs.staged_file`): when the block completes the video is read back
+    and, if every frame is there, renamed to ``path``; otherwise (or when the block raises) it is
+    deleted and ``path`` is left as it was."""
+    path = Path(path)
+    codecs = OverlayVideoWriter.codecs(path)
+    writer = None
+
+    def check(partial: Path) -> None:
+        readable = count_frames(partial)
+        if readable != writer.frames:
+            raise OSError(f"could not write the overlay video {path}: {readable} of its {writer.frames} frames read "
+                          "back (disk full?)")
+
+    with outputs.staged_file(path, check) as partial:
+        writer = OverlayVideoWriter(partial, codecs, fps, size, palette, alpha)
+        try:
+            yield writer
+        finally:
+            writer.release()
+
+
+def count_frames(path: str | Path) -> int:
+    """Frames OpenCV can read from the video file at ``path``."""
+    import cv2
+
+    with _native_stderr_silenced():
+        capture = cv2.VideoCapture(str(path))
+        count = 0
+        while capture.isOpened() and capture.grab():
+            count += 1
+        capture.release()
+    return count
+
+
 class OverlayVideoWriter:
     """Writes frames with their label maps blended in (``alpha`` of the palette colour on the
-    objects) to a video file. Frames go to a hidden file beside ``path``, which is renamed to
-    ``path`` by ``close(keep=True)`` and deleted by ``close(keep=False)``: a failed run leaves
-    no half-written video."""
+    objects) to the video file ``path`` with the first of ``codecs`` (fourcc codes) this OpenCV
+    can encode: H.264 for .mp4/.mov/.mkv where OpenCV has an encoder for it, else MPEG-4 Part 2
+    with a :class:`VosrtWarning`. Use it through :func:`overlay_video`, which stages the file."""
 
-    FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mov": "mp4v", ".mkv": "mp4v"}
+    CODECS = {".mp4": ("avc1", "mp4v"), ".mov": ("avc1", "mp4v"), ".mkv": ("avc1", "mp4v"), ".avi": ("MJPG",)}
+    PLAYABLE = "avc1"  # H.264: what browsers play
 
-    def __init__(self, path: str | Path, fps: float, size: tuple[int, int], palette: list[int] | None = None,
-                 alpha: float = 0.5):
+    @classmethod
+    def codecs(cls, path: Path) -> tuple[str, ...]:
+        """The fourcc codes to try for ``path``'s suffix; ValueError for a suffix without any."""
+        try:
+            return cls.CODECS[path.suffix.lower()]
+        except KeyError:
+            raise ValueError(f"overlay video {path}: use one of {', '.join(cls.CODECS)}") from None
+
+    def __init__(self, path: str | Path, codecs: tuple[str, ...], fps: float, size: tuple[int, int],
+                 palette: list[int] | None = None, alpha: float = 0.5):
         import cv2
 
         self.path = Path(path)
-        if self.path.suffix.lower() not in self.FOURCC:
-            raise ValueError(f"overlay video {path}: use one of {', '.join(self.FOURCC)}")
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"folder for the overlay video not found: {self.path.parent}")
-        self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
-        fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[self.path.suffix.lower()])
-        self._writer = cv2.VideoWriter(str(self._partial), fourcc, fps, (size[1], size[0]))
-        if not self._writer.isOpened():
-            self._partial.unlink(missing_ok=True)
-            raise RuntimeError(f"OpenCV cannot write {self.path.suffix} video to {self.path}")
-        self.colours = np.array(voc_palette(), dtype=np.float32).reshape(256, 3)
-        given = np.array((palette or [])[:768], dtype=np.float32).reshape(-1, 3)  # may list fewer than 256
-        self.colours[:len(given)] = given
+        for self.codec in codecs:
+            with _native_stderr_silenced():  # FFmpeg reports a missing encoder on stderr
+                self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.codec), fps,
+                                               (size[1], size[0]))
+            if self._writer.isOpened():
+                break
+            self._writer.release()
+        else:
+            raise RuntimeError(f"OpenCV cannot write {self.path.suffix} video here (tried {', '.join(codecs)})")
+        if self.codec != codecs[0] and codecs[0] == self.PLAYABLE:
+            warnings.warn(VosrtWarning(f"this OpenCV has no H.264 encoder: the overlay is {self.codec} (MPEG-4 "
+                                       "Part 2), which browsers do not play; convert it with ffmpeg -c:v libx264 to "
+                                       "share it"), stacklevel=2)
+        self.colours = np.array(full_palette(palette), dtype=np.float32).reshape(256, 3)
         self.alpha = alpha
+        self.frames = 0
 
     def write(self, image: np.ndarray, labels: np.ndarray) -> None:
         """image ``HxWx3`` uint8 RGB, labels ``HxW`` integer label map of the same size."""
@@ -225,10 +313,7 @@ class OverlayVideoWriter:
         objects = labels > 0
         blended[objects] = (1 - self.alpha) * blended[objects] + self.alpha * self.colours[labels[objects]]
         self._writer.write(cv2.cvtColor(blended.round().astype(np.uint8), cv2.COLOR_RGB2BGR))
+        self.frames += 1
 
-    def close(self, keep: bool = True) -> None:
+    def release(self) -> None:
         self._writer.release()
-        if keep:
-            self._partial.replace(self.path)
-        else:
-            self._partial.unlink(missing_ok=True)

@@ -2,20 +2,20 @@
 outputs (palette PNG label maps, an overlay video, or both)."""
 from __future__ import annotations
 
-import shutil
-import tempfile
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from vosrt import io
+from vosrt.runtime import outputs
+from vosrt.runtime.geometry import check_mask_size
 
 if TYPE_CHECKING:
     from vosrt.runtime.session import Session
@@ -31,21 +31,42 @@ class SegmentResult:
     output: Path | None
     overlay: Path | None
     stopped: bool  # a camera stream ended by Ctrl-C
+    others: list[str] = field(default_factory=list)  # files --output held that this run did not write
+
+
+def check_outputs(source: io.FrameSource, masks: str | Path, output: str | Path | None,
+                  overlay: str | Path | None, overwrite: bool) -> None:
+    """The output rules of ``vosrt segment`` (:mod:`vosrt.runtime.outputs`): something to write,
+    nothing inside the input or the masks, no protected folder, and a non-empty ``output`` folder
+    or an existing ``overlay`` only with ``overwrite``."""
+    if output is None and overlay is None:
+        raise ValueError("nothing to write: give --output DIR (palette PNGs), --overlay FILE.mp4, or both")
+    sources = (("--input", source.location), ("--masks", masks))
+    if output is not None:
+        outputs.check_output_folder(output, sources, overwrite, "--output")
+    if overlay is not None:
+        io.OverlayVideoWriter.codecs(Path(overlay))
+        outputs.check_output_file(overlay, sources, overwrite, "--overlay")
 
 
 def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks: str | Path, *,
             output: str | Path | None = None, overlay: str | Path | None = None, fps: float | None = None,
-            max_frames: int | None = None) -> SegmentResult:
+            max_frames: int | None = None, overwrite: bool = False) -> SegmentResult:
     """Segment ``source`` from the label maps in ``masks`` (one PNG for the first frame, or a
     folder of PNGs named like the frames; a later mask may add objects).
 
     Writes ``output/<frame>.png`` palette label maps and/or the ``overlay`` video at the
-    source's size and frame rate (``fps`` when the source has none, else 24). The first frame
-    and its mask are checked before the session is made; outputs appear only when the run
-    succeeds (a camera stopped with Ctrl-C counts as success).
+    source's size and frame rate (``fps`` when the source has none, else 24). The outputs and
+    the first frame and its mask are checked before the session is made (:func:`check_outputs`:
+    ``overwrite`` lets a run replace the files it writes in a non-empty ``output`` and an
+    existing ``overlay``); outputs appear only when the run succeeds (a camera stopped with
+    Ctrl-C counts as success), complete and read back.
     """
-    if output is None and overlay is None:
-        raise ValueError("nothing to write: give --output DIR (palette PNGs), --overlay FILE.mp4, or both")
+    check_outputs(source, masks, output, overlay, overwrite)
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"--fps must be positive, got {fps}")
     frames = iter(source)
     first = next(frames)
     mask_paths = io.mask_files(masks, first.name)
@@ -55,7 +76,8 @@ def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks
     session = make_session()
     total = source.length if max_frames is None else min(source.length or max_frames, max_frames)
     frame_rate = source.fps or fps or DEFAULT_FPS
-    with _Outputs(output, overlay, frame_rate, first.image.shape[:2], palette) as outputs, \
+    written = _Written()
+    with _outputs(output, overlay, frame_rate, first.image.shape[:2], palette, written) as write, \
             tqdm(total=total, unit="frame", desc="segment") as bar:
         start, count, stopped = time.perf_counter(), 0, False
         try:
@@ -63,39 +85,34 @@ def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks
             # A file's last frame is known one frame ahead; a live stream is not held back for that.
             flagged = _flag_last(stream) if source.length is not None else ((f, False) for f in stream)
             for frame, last in flagged:
-                mask = first_mask if count == 0 else _mask_for(frame, mask_paths, bar)
+                mask = first_mask if count == 0 else _mask_for(frame, mask_paths)
                 prob = session.step(frame.image, mask, end=last)
-                outputs.write(frame, session.to_mask(prob))
+                write(frame, session.to_mask(prob))
                 count += 1
                 bar.update()
                 bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.2f}")
         except KeyboardInterrupt:
             if source.length is not None:
                 raise
-            stopped = True  # Ctrl-C is how a camera stream ends
-    return SegmentResult(count, time.perf_counter() - start, outputs.output, outputs.overlay_path, stopped)
+            stopped = True  # Ctrl-C (or SIGTERM) is how a camera stream ends
+    return SegmentResult(count, time.perf_counter() - start, Path(output) if output is not None else None,
+                         Path(overlay) if overlay is not None else None, stopped, written.others)
 
 
-def _mask_for(frame: io.Frame, mask_paths: dict[str, Path], bar: tqdm) -> np.ndarray | None:
+def _mask_for(frame: io.Frame, mask_paths: dict[str, Path]) -> np.ndarray | None:
     if frame.name not in mask_paths:
         return None
-    mask, _ = _read_mask(mask_paths[frame.name], frame.image.shape[:2], bar.write)
+    mask, _ = _read_mask(mask_paths[frame.name], frame.image.shape[:2])
     return mask
 
 
-def _read_mask(path: Path, size: tuple[int, int], note: Callable[[str], None] = print
-               ) -> tuple[np.ndarray, list[int] | None]:
-    """Label map for a frame of ``size`` (H, W). Masks a pixel or so off the frame size (as in
-    some DAVIS annotations) are resized with nearest neighbour, as the official reader does;
-    larger mismatches are errors."""
+def _read_mask(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, list[int] | None]:
+    """Label map for a frame of ``size`` (H, W), and its palette. A mask a few pixels off the frame
+    size (as in some DAVIS annotations) is aligned by the session as the official code aligns it
+    (:func:`vosrt.runtime.geometry.check_mask_size`); other sizes are errors."""
     mask, palette = io.read_label_map(path)
-    if mask.shape == size:
-        return mask, palette
-    if any(abs(m - s) > max(2, s // 100) for m, s in zip(mask.shape, size)):
-        raise ValueError(f"mask {path} is {mask.shape[0]}x{mask.shape[1]} but the frame is {size[0]}x{size[1]}")
-    note(f"note: resized mask {path.name} from {mask.shape[0]}x{mask.shape[1]} to {size[0]}x{size[1]}")
-    resized = Image.fromarray(mask.astype(np.uint8)).resize(size[::-1], Image.NEAREST)
-    return np.asarray(resized).astype(np.int64), palette
+    check_mask_size(mask.shape, size, f"mask {path}")
+    return mask, palette
 
 
 def _flag_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
@@ -109,40 +126,29 @@ def _flag_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
         yield previous, True
 
 
-class _Outputs:
-    """Palette PNGs (staged in a hidden folder, moved into ``output`` on success) and the
-    overlay video (see :class:`vosrt.io.OverlayVideoWriter`). On an error nothing is left."""
+@dataclass
+class _Written:
+    others: list[str] = field(default_factory=list)
 
-    def __init__(self, output: str | Path | None, overlay: str | Path | None, fps: float, size: tuple[int, int],
-                 palette: list[int] | None):
-        self.output = Path(output) if output is not None else None
-        self.overlay_path = Path(overlay) if overlay is not None else None
-        self.palette = palette
-        self._staging: Path | None = None
-        if self.output is not None and self.output.exists() and not self.output.is_dir():
-            raise FileExistsError(f"--output {self.output} exists and is not a folder")
-        self._video = io.OverlayVideoWriter(overlay, fps, size, palette) if overlay is not None else None
-        if self.output is not None:
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-            self._staging = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.partial-", dir=self.output.parent))
 
-    def write(self, frame: io.Frame, labels: np.ndarray) -> None:
-        if self._staging is not None:
-            io.write_label_map(self._staging / f"{frame.name}.png", labels, self.palette)
-        if self._video is not None:
-            self._video.write(frame.image, labels)
+@contextlib.contextmanager
+def _outputs(output: str | Path | None, overlay: str | Path | None, fps: float, size: tuple[int, int],
+             palette: list[int] | None, written: _Written) -> Iterator[Callable[[io.Frame, np.ndarray], None]]:
+    """``write(frame, labels)``: palette PNGs go to a staging folder beside ``output`` and the
+    overlay to a staged video (:func:`vosrt.io.overlay_video`). When the block completes, the video
+    is read back and put in place, then the PNGs are read back and moved into ``output``
+    (``written.others``: the files it held that this run did not write). When it raises, nothing is left."""
+    with (outputs.staged_folder(output) if output is not None else contextlib.nullcontext()) as staging:
+        with (io.overlay_video(overlay, fps, size, palette) if overlay is not None
+              else contextlib.nullcontext()) as video:
+            def write(frame: io.Frame, labels: np.ndarray) -> None:
+                if staging is not None:
+                    io.write_label_map(staging / f"{frame.name}.png", labels, palette)
+                if video is not None:
+                    video.write(frame.image, labels)
 
-    def __enter__(self) -> "_Outputs":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        succeeded = exc_type is None
-        if self._video is not None:
-            self._video.close(keep=succeeded)
-        if self._staging is None:
-            return
-        if succeeded:
-            self.output.mkdir(exist_ok=True)
-            for path in self._staging.iterdir():
-                path.replace(self.output / path.name)
-        shutil.rmtree(self._staging, ignore_errors=True)
+            yield write
+        if staging is not None:
+            for path in staging.iterdir():
+                io.check_label_map(path)
+            written.others = outputs.move_files(staging, Path(output))

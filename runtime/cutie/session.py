@@ -47,6 +47,10 @@ class CutieSession(Session):
             self._add_memory(frame.image, features)
         return prob
 
+    def _memory_tokens(self, frame_tokens: int) -> int:
+        long_term = self.config.long_term_max_num_tokens if self.config.use_long_term else 0
+        return self.config.memory_frames * frame_tokens + long_term
+
     def _keep_rows(self, rows: list[int], removed: list[int]) -> None:
         self._memory.remove_objects(removed)
         self._sensory, self._obj_memory, self._last_mask, self._readout = (

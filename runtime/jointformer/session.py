@@ -42,6 +42,10 @@ class JointFormerSession(Session):
             self._memorise(frame.image, prob[1:], frame.memorise)
         return prob
 
+    def _memory_tokens(self, frame_tokens: int) -> int:
+        """The cache slots of every joint block, and the frame's own tokens (joint attention)."""
+        return (ReferenceCache.slot_count(self.config.max_mem_frames, self.config.include_last) + 1) * frame_tokens
+
     def _keep_rows(self, rows: list[int], removed: list[int]) -> None:
         self._cache.remove_objects(removed)
         self._summary = self._summary[rows]

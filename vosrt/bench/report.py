@@ -32,34 +32,63 @@ def require_matplotlib() -> None:
 
 
 def plot(report: dict, path: str | Path) -> None:
-    """Two panels: median latency vs memory frames (one line per backend and object count)
-    and vs object count (one line per backend and memory size)."""
+    """Median latency per frame: one panel per setting the report varies (memory frames, object
+    count; a line per backend and the other setting), or, for a single configuration, one bar per
+    backend with its median and p90. Written through a staged file (complete or not at all)."""
     require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+
+    from vosrt.runtime import outputs
 
     runs = report["runs"]
-    fig, (by_memory, by_objects) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for backend in dict.fromkeys(r["backend"] for r in runs):
-        mine = [r for r in runs if r["backend"] == backend]
-        for objects in sorted({r["objects"] for r in mine}):
-            points = sorted((r["memory_frames"], r["latency_ms"]["median"]) for r in mine if r["objects"] == objects)
-            by_memory.plot(*zip(*points), marker="o", label=f"{backend}, {objects} obj")
-        for memory in sorted({r["memory_frames"] for r in mine}):
-            points = sorted((r["objects"], r["latency_ms"]["median"]) for r in mine if r["memory_frames"] == memory)
-            by_objects.plot(*zip(*points), marker="o", label=f"{backend}, {memory} mem frames")
-    for axis, label in ((by_memory, "memory frames (max_mem_frames)"), (by_objects, "objects")):
-        axis.set_xlabel(label)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylabel("median latency per frame (ms)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+    varied = [(axis, other) for axis, other in (("memory_frames", "objects"), ("objects", "memory_frames"))
+              if len({r[axis] for r in runs}) > 1]
+    fig, axes = plt.subplots(1, max(len(varied), 1), figsize=(5.5 * max(len(varied), 1) + 0.5, 4.2), squeeze=False)
+    if varied:
+        for panel, (axis, other) in zip(axes[0], varied):
+            _lines(panel, runs, axis, other)
+    else:
+        _bars(axes[0][0], runs)
     h, w = report["resolution"]
     fig.suptitle(f"{report['model']} {h}x{w}, {report['environment']['device']}, {report['weights']} weights",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with outputs.staged_file(path) as partial:
+        fig.savefig(partial, dpi=120, format="png")
     plt.close(fig)
+
+
+_AXIS_LABELS = {"memory_frames": "memory frames (max_mem_frames)", "objects": "objects"}
+_LINE_LABELS = {"memory_frames": "{} mem frames", "objects": "{} obj"}
+
+
+def _lines(panel, runs: list[dict], axis: str, other: str) -> None:
+    """Median latency against ``axis``, one line per backend and value of ``other``."""
+    from matplotlib.ticker import MaxNLocator
+
+    for backend in dict.fromkeys(r["backend"] for r in runs):
+        mine = [r for r in runs if r["backend"] == backend]
+        for value in sorted({r[other] for r in mine}):
+            points = sorted((r[axis], r["latency_ms"]["median"]) for r in mine if r[other] == value)
+            panel.plot(*zip(*points), marker="o", label=f"{backend}, {_LINE_LABELS[other].format(value)}")
+    panel.set_xlabel(_AXIS_LABELS[axis])
+    panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+    panel.set_ylabel("median latency per frame (ms)")
+    panel.grid(alpha=0.3)
+    panel.legend(fontsize=8)
+
+
+def _bars(panel, runs: list[dict]) -> None:
+    """One configuration: a bar per backend (median), its p90 as a whisker, the values written on."""
+    names = [r["backend"] for r in runs]
+    medians = [r["latency_ms"]["median"] for r in runs]
+    p90 = [r["latency_ms"]["p90"] - m for r, m in zip(runs, medians)]
+    bars = panel.bar(names, medians, yerr=[[0] * len(runs), p90], capsize=4, color="tab:blue", alpha=0.8)
+    panel.bar_label(bars, labels=[f"{m:.1f} ms" for m in medians], label_type="center", color="white", fontsize=9)
+    run = runs[0]
+    panel.set_title(f"{run['objects']} object(s), {run['memory_frames']} memory frames (whisker: p90)", fontsize=9)
+    panel.set_ylabel("median latency per frame (ms)")
+    panel.grid(axis="y", alpha=0.3)

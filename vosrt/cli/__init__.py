@@ -1,13 +1,20 @@
 """Command line: ``vosrt segment | bench | eval | export | inspect | verify | doctor`` and ``export-engine``.
 
 Errors a user can fix (bad paths, wrong masks, wrong checkpoints, no GPU) print one line and
-exit with status 2; they never show a traceback. Each command lives in its own module, which
-imports torch only when the command runs.
+exit with status 2; they never show a traceback. Warnings (:class:`VosrtWarning`) print one line
+each. Ctrl-C exits with 130 and SIGTERM with 143, both after the command has removed what it had
+half-written. Each command lives in its own module, which imports torch only when the command runs.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
+
+from vosrt.runtime.errors import VosrtWarning
+from vosrt.runtime.outputs import Terminated, sigterm_as_interrupt
 
 from . import bench, doctor, evaluation, export, inspect, segment, verify
 
@@ -47,16 +54,37 @@ def main(argv: list[str] | None = None) -> int:
 def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.argv = list(argv)
+    prefix = f"{parser.prog} {args.command}" if parser.prog == "vosrt" else parser.prog
     try:
-        args.run(args)
+        with sigterm_as_interrupt(), _one_line_warnings(prefix):
+            args.run(args)
     except USER_ERRORS as err:
-        print(f"{parser.prog} {args.command}: error: {err}" if parser.prog == "vosrt" else
-              f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"{prefix}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+@contextlib.contextmanager
+def _one_line_warnings(prefix: str) -> Iterator[None]:
+    """Within the block, each :class:`VosrtWarning` prints as ``PREFIX: warning: MESSAGE``."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, VosrtWarning):
+            print(f"{prefix}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", VosrtWarning)
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ from pathlib import Path
 from vosrt.bench.settings import BENCH_BACKENDS, BenchSettings, passive_openmp_threads
 from vosrt.runtime.registry import MODEL_NAMES
 
-from .options import FLAGS, add_inference_options, argument, inference_options, parse_counts, parse_resolution, \
-    write_text_atomically
+from .options import FLAGS, add_inference_options, argument, inference_options, parse_counts, parse_resolution
 
 
 def add_parser(sub) -> None:
@@ -49,6 +48,7 @@ def run(args: argparse.Namespace) -> None:
     omp_wait_policy = passive_openmp_threads()  # before torch loads
     from vosrt.bench import report
     from vosrt.bench.measure import run_benchmark
+    from vosrt.runtime import outputs
 
     if args.plot:
         report.require_matplotlib()
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> None:
     results["environment"]["omp_wait_policy"] = omp_wait_policy
     print(report.format_table(results))
     if args.json:
-        write_text_atomically(Path(args.json), json.dumps(results, indent=2) + "\n")
+        outputs.write_text(args.json, json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot:
         report.plot(results, args.plot)

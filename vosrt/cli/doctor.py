@@ -10,14 +10,17 @@ line of the report, never a traceback. :func:`collect` returns the same facts to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -175,12 +178,14 @@ def _probe_triton(facts: Facts) -> None:
 
 
 def _compile_probe(arch: int) -> bool:
-    """Compile :data:`_PROBE_KERNEL` for ``sm_<arch>`` (PTX and cubin, no launch)."""
+    """Compile :data:`_PROBE_KERNEL` for ``sm_<arch>`` (PTX and cubin, no launch), also when
+    ``TRITON_INTERPRET`` is set in this process (the question is what the GPU can run)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    with tempfile.TemporaryDirectory(prefix="vosrt-doctor-") as folder, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(prefix="vosrt-doctor-") as folder, warnings.catch_warnings(), \
+            _unset("TRITON_INTERPRET"):
         warnings.simplefilter("ignore")  # Triton's notices about its own defaults
         path = Path(folder) / "vosrt_doctor_probe.py"
         path.write_text(_PROBE_KERNEL)
@@ -190,6 +195,17 @@ def _compile_probe(arch: int) -> bool:
         source = ASTSource(module.double, {"x_ptr": "*fp32", "n": "i32"}, constexprs={"BLOCK": 128})
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
     return bool(compiled.asm.get("cubin"))
+
+
+@contextlib.contextmanager
+def _unset(variable: str) -> Iterator[None]:
+    """The environment without ``variable`` within the block."""
+    saved = os.environ.pop(variable, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[variable] = saved
 
 
 def _probe_onnxruntime(facts: Facts) -> None:

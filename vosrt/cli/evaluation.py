@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
-from .options import write_text_atomically
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="J&F against ground truth, or IoU agreement of two prediction folders",
-                       description="--pred DIR --gt DIR: J&F (DAVIS protocol: first and last frame skipped) computed "
-                                   "by the vos-benchmark package. --compare DIR_A DIR_B: per-frame IoU agreement of "
+                       description="--pred DIR --gt DIR: J&F (DAVIS protocol: first and last frame skipped; label "
+                                   "255 in the ground truth is void and scored for no object, as the DAVIS toolkit "
+                                   "does; a ground truth a few pixels off the frame size is aligned as the official "
+                                   "code aligns masks) computed by the vos-benchmark package. --compare DIR_A DIR_B: per-frame IoU agreement of "
                                    "two prediction folders, e.g. an fp16 engine against eager. A folder is one video "
                                    "(PNG label maps inside) or a dataset (one sub-folder per video).")
     p.add_argument("--pred", help="predicted label maps")
@@ -24,6 +23,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from vosrt import evaluate
+    from vosrt.runtime import outputs
 
     scoring = args.pred is not None or args.gt is not None
     if (args.compare is None) != scoring or (scoring and (args.pred is None or args.gt is None)):
@@ -37,5 +37,5 @@ def run(args: argparse.Namespace) -> None:
         report = evaluate.score_report(score)
         print(evaluate.format_score(score))
     if args.json:
-        write_text_atomically(Path(args.json), json.dumps(report, indent=2) + "\n")
+        outputs.write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")

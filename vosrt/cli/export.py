@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vosrt.export.opset import DEFAULT_OPSET, OPSETS, check_opset
 from vosrt.export.profile import DEFAULT_MAX_OBJECTS, DEFAULT_RESOLUTION, SMALL_WORKSPACE_MIB, WORKSPACE_MIB
 from vosrt.runtime.registry import MODEL_NAMES, MODELS
 
@@ -27,8 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "onnxruntime-extensions on the CPU; TensorRT: the Triton kernels as plugins) instead of "
                         "standard ONNX ops")
     p.add_argument("--output", help="output directory (default: ./<model>-<precision>; with --from-onnx: the engine "
-                                    "directory, default DIR/tensorrt)")
-    p.add_argument("--opset", type=int, default=17)
+                                    "directory, default DIR/tensorrt); an existing one is replaced only if it is "
+                                    "empty or a vosrt export")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {OPSETS[0]}..{OPSETS[-1]} (default {DEFAULT_OPSET})")
     group = p.add_argument_group("TensorRT engines")
     group.add_argument("--from-onnx", metavar="DIR", help="build engines from this ONNX export (e.g. on a Jetson)")
     group.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS,
@@ -43,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="build for DLA core N with GPU fallback for the layers DLA cannot run (fp16 exports)")
     group.add_argument("--trtexec", action="store_true",
                        help="print the trtexec commands that build the same engines instead of building them")
+    group.add_argument("--no-check-files", dest="check_files", action="store_false",
+                       help="--from-onnx: do not compare the graphs with the sha256 sums of the manifest (for graphs "
+                            "edited on purpose)")
     add_inference_options(p, EXPORT_FIELDS)
     p.set_defaults(run=run)
 
@@ -63,10 +69,27 @@ def run(args: argparse.Namespace) -> None:
     else:
         onnx_dir, output = _export_graphs(args), None
     if args.trtexec:
-        print("\n".join(trtexec_commands(onnx_dir, artifacts.read_manifest(onnx_dir), options, output)))
+        print("\n".join(trtexec_commands(onnx_dir, artifacts.read_manifest(onnx_dir, check_files=args.check_files),
+                                          options, output)))
     elif args.format == "engine":
-        engines = build_engines(onnx_dir, output, options=options, progress=lambda line: print(line, flush=True))
+        engines = build_engines(onnx_dir, output, options=options, progress=lambda line: print(line, flush=True),
+                                check_files=args.check_files)
         print(f"wrote TensorRT engines and manifest.json to {engines}")
+        print(_next_steps(args.model or artifacts.read_manifest(onnx_dir, check_files=False)["model"], engines))
+    else:
+        print(_next_steps(args.model, onnx_dir))
+
+
+def _next_steps(model: str, directory: Path) -> str:
+    """What to run after an export: segment with it (the directory picks the backend), and for
+    ONNX graphs, where engines come from."""
+    from vosrt.runtime import artifacts
+
+    lines = ["next:", f"  vosrt segment {model} --export-dir {directory} --input FRAMES --masks MASKS --output OUT"]
+    if not artifacts.is_engine_dir(directory):
+        lines += [f"  vosrt verify {directory}            # each graph against the eager model",
+                  f"  export-engine --from-onnx {directory}  # TensorRT engines, on the GPU that will run them"]
+    return "\n".join(lines)
 
 
 def _check_from_onnx(args: argparse.Namespace) -> None:
@@ -80,7 +103,7 @@ def _check_from_onnx(args: argparse.Namespace) -> None:
     given += [f"--{field.replace('_', '-')}" for field in EXPORT_FIELDS[1:] if hasattr(args, field)]
     if given:
         raise ValueError(f"{' and '.join(given)} apply to the ONNX export; --from-onnx uses the graphs as exported")
-    manifest = artifacts.read_manifest(args.from_onnx)
+    manifest = artifacts.read_manifest(args.from_onnx, check_files=args.check_files)
     if args.model and args.model != manifest["model"]:
         raise ValueError(f"{args.from_onnx} holds {manifest['model']}, not {args.model}")
 
@@ -90,9 +113,12 @@ def _export_graphs(args: argparse.Namespace) -> Path:
     from vosrt import weights as wts
     from vosrt.api import build_network
     from vosrt.export.onnx import export_onnx
+    from vosrt.runtime import artifacts
 
+    check_opset(args.opset)  # before the weights are loaded
     config = MODELS[args.model].config_type(**inference_options(args))
     output = Path(args.output or f"{args.model}-{'fp16' if args.fp16 else 'fp32'}")
+    artifacts.check_output(output)
     checkpoint = wts.checkpoint_for(args.model, args.weights)
     export_onnx(build_network(args.model, checkpoint), args.model, output, config=config, checkpoint=checkpoint,
                 fp16=args.fp16, opset=args.opset, custom_ops=args.custom_ops,

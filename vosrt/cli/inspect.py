@@ -9,6 +9,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("inspect", help="print an export directory's manifest and graph inputs/outputs "
                                        "(or an engine directory's build environment and profile)")
     p.add_argument("directory")
+    p.add_argument("--no-check-files", dest="check_files", action="store_false",
+                   help="do not compare the files with the sha256 sums of the manifest")
     p.set_defaults(run=run)
 
 
@@ -16,9 +18,10 @@ def run(args: argparse.Namespace) -> None:
     from vosrt.runtime import artifacts
 
     if artifacts.is_engine_dir(args.directory):
-        _print_engines(args.directory, artifacts.read_manifest(args.directory, artifacts.ENGINE_FORMAT))
+        _print_engines(args.directory, artifacts.read_manifest(args.directory, artifacts.ENGINE_FORMAT,
+                                                               check_files=args.check_files))
         return
-    manifest = artifacts.read_manifest(args.directory)
+    manifest = artifacts.read_manifest(args.directory, check_files=args.check_files)
     print(f"{manifest['model']}  {manifest['precision']}  opset {manifest['opset']}  "
           f"max_mem_frames {manifest['max_mem_frames']}  vosrt {manifest['vosrt_version']}")
     if manifest.get("checkpoint"):

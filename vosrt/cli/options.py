@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Collection
 from dataclasses import fields
-from pathlib import Path
 
 from vosrt.models.jointformer.topk import TOPK_BLOCKS, TOPK_RANGES
 from vosrt.runtime.registry import MODELS
@@ -100,9 +99,3 @@ def argument(parse):
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
     return convert
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    partial.replace(path)

@@ -16,22 +16,34 @@ def add_parser(sub) -> None:
                                    "camera index), starting from the label maps in --masks: one PNG for the first "
                                    "frame, or a folder of PNGs named like the frames (00000.png, 00001.png, ... for "
                                    "videos and cameras; every mask found is used, and a mask may hold only new "
-                                   "objects). Writes palette PNG label maps to --output and/or an overlay video to "
-                                   "--overlay, at the input's size and frame rate. Stop a camera with Ctrl-C.")
+                                   "objects; one a few pixels off the frame size is aligned as the official code "
+                                   "aligns it, with a warning). Frames are 8-bit images. Writes palette PNG label "
+                                   "maps to --output and/or an overlay video to --overlay, at the input's size and "
+                                   "frame rate, only once the run is complete. Stop a camera with Ctrl-C.")
     p.add_argument("model", choices=MODEL_NAMES)
     p.add_argument("--weights", help="checkpoint file (default: download the official one)")
     p.add_argument("--input", "--images", dest="input", required=True,
                    help="image folder (jpg/png, in name order), video file, or camera index (0, 1, ...)")
     p.add_argument("--masks", required=True, help="PNG label map of the first frame, or a folder of them")
-    p.add_argument("--output", help="folder for the palette PNG label maps")
-    p.add_argument("--overlay", help="video file (.mp4/.avi) of the frames with the masks blended in")
+    p.add_argument("--output", help="folder for the palette PNG label maps (new or empty; not inside --input or "
+                                    "--masks)")
+    p.add_argument("--overlay", help="video file (.mp4/.avi) of the frames with the masks blended in (H.264 where "
+                                     "OpenCV can encode it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --output, replacing only the label maps this run writes, and replace "
+                        "an existing --overlay")
     p.add_argument("--fps", type=float, help=f"overlay frame rate when the input has none (image folder; "
                                               f"default {DEFAULT_FPS:g})")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="default: the one --export-dir is for (tensorrt for an engine directory, else onnxruntime), "
+                        "torch without --export-dir")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda with tensorrt, else cpu)")
     p.add_argument("--export-dir", help="onnxruntime: an ONNX export (default: exported into the cache); "
                                         "tensorrt (required): a directory built by export-engine")
+    p.add_argument("--no-check-files", dest="check_files", action="store_false",
+                   help="do not compare the files of --export-dir with the sha256 sums of its manifest (for graphs "
+                        "edited on purpose)")
     p.add_argument("--fp16", action="store_true",
                    help="torch (CUDA): fp16 autocast where the official code allows it; onnxruntime: fp16 graphs")
     p.add_argument("--amp", action="store_true", help="torch (CUDA): the official AMP, the whole step under autocast")
@@ -43,21 +55,26 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from vosrt import io, pipeline
-    from vosrt.api import load
+    from vosrt.api import backend_for, load
 
     options = inference_options(args)
+    backend = args.backend or backend_for(args.export_dir)
+    device = args.device or ("cuda" if backend == "tensorrt" else "cpu")
 
     def make_session():
-        return load(args.model, args.weights, backend=args.backend, device=args.device, export_dir=args.export_dir,
-                    fp16=args.fp16, amp=args.amp, cuda_graph=args.cuda_graph, **options)
+        return load(args.model, args.weights, backend=backend, device=device, export_dir=args.export_dir,
+                    fp16=args.fp16, amp=args.amp, cuda_graph=args.cuda_graph, check_files=args.check_files, **options)
 
     with io.open_frames(args.input) as source:
         result = pipeline.segment(make_session, source, args.masks, output=args.output, overlay=args.overlay,
-                                  fps=args.fps, max_frames=args.max_frames)
+                                  fps=args.fps, max_frames=args.max_frames, overwrite=args.overwrite)
     stopped = " (stopped)" if result.stopped else ""
     print(f"segmented {result.frames} frames{stopped} in {result.seconds:.1f} s "
           f"({result.frames / max(result.seconds, 1e-9):.2f} fps)")
     if result.output is not None:
         print(f"wrote {result.frames} label maps to {result.output}")
+        if result.others:
+            print(f"note: {len(result.others)} other files in {result.output} were left as they were "
+                  f"(e.g. {result.others[0]})")
     if result.overlay is not None:
         print(f"wrote the overlay video {result.overlay}")
