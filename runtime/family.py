@@ -28,11 +28,13 @@ FORMULATIONS = ("eager", "graph", "reference", "custom_ops")
 
 @dataclass(frozen=True)
 class Fp16Policy:
-    """What an fp16 graph keeps in fp32 besides the ops every fp16 export keeps: the nodes that
-    compute the inputs of every ``roots`` node, walking up the graph; ``stop_at`` ops end the walk."""
+    """What a family's fp16 graphs keep in fp32 besides what every fp16 graph keeps (the
+    model's own fp32 regions, autocast's fp32 ops: see :mod:`vosrt.export.fp16`): the scores
+    that each ``scores_of`` op ranks or normalises, from the ``scores_from`` ops that compute
+    them (included) on."""
 
-    roots: tuple[str, ...]
-    stop_at: tuple[str, ...] = ()
+    scores_of: tuple[str, ...] = ()
+    scores_from: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
 
 
 class ModelFamily(ABC):

@@ -55,10 +55,11 @@ def seeded_weights(tmp_path_factory):
 def jointformer_export(seeded_weights, tmp_path_factory):
     """``jointformer_export(variant)`` -> the directory ``export-engine jointformer --format onnx
     --max-mem-frames 2`` writes for the seed-1 weights (default top-K options), exported once per
-    session: variant ``"fp32"``, ``"custom"`` (``--custom-ops``) or ``"fp16"`` (``--fp16``)."""
+    session: variant ``"fp32"``, ``"custom"`` (``--custom-ops``), ``"fp16"`` (``--fp16``) or
+    ``"custom-fp16"`` (both)."""
     from vosrt.cli import export_engine_main
 
-    flags = {"fp32": [], "custom": ["--custom-ops"], "fp16": ["--fp16"]}
+    flags = {"fp32": [], "custom": ["--custom-ops"], "fp16": ["--fp16"], "custom-fp16": ["--custom-ops", "--fp16"]}
     made: dict[str, Path] = {}
 
     def make(variant: str) -> Path:
@@ -76,8 +77,8 @@ def jointformer_export(seeded_weights, tmp_path_factory):
 @pytest.fixture(scope="session")
 def cutie_export(seeded_weights, tmp_path_factory):
     """``cutie_export(model, variant="fp32")`` -> an export of the seed-1 weights with top_k 30 and
-    max_mem_frames 3 (the golden settings), written once per session: ``"fp32"``, ``"fp16"`` or
-    ``"custom"`` (custom ops)."""
+    max_mem_frames 3 (the golden settings), written once per session: ``"fp32"``, ``"fp16"``,
+    ``"custom"`` (custom ops) or ``"custom-fp16"``."""
     from vosrt.api import build_network
     from vosrt.export.onnx import export_onnx
     from vosrt.runtime.cutie.config import CutieSessionConfig
@@ -89,8 +90,8 @@ def cutie_export(seeded_weights, tmp_path_factory):
             weights = seeded_weights(model)
             made[model, variant] = export_onnx(
                 build_network(model, weights), model, tmp_path_factory.mktemp("onnx") / f"{model}-{variant}",
-                config=CutieSessionConfig(top_k=30, max_mem_frames=3), checkpoint=weights, fp16=variant == "fp16",
-                custom_ops=variant == "custom", progress=lambda _: None)
+                config=CutieSessionConfig(top_k=30, max_mem_frames=3), checkpoint=weights, fp16="fp16" in variant,
+                custom_ops="custom" in variant, progress=lambda _: None)
         return made[model, variant]
 
     return make

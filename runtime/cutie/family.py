@@ -62,8 +62,9 @@ class CutieFamily(ModelFamily):
     name = "cutie"
     stages = STAGES
     session_type = CutieSession
-    # The whole query-memory similarity stays fp32: its -|m|^2 + 2 m.q - |q|^2 terms cancel badly in fp16.
-    fp16_policy = Fp16Policy(roots=("TopK",))
+    # Cutie's fp32 parts are the model's own fp32 regions (the top-K readout and usage, sensory
+    # updates, object summaries, final logits and soft aggregation), which every fp16 graph keeps.
+    fp16_policy = Fp16Policy()
     torch_fp16 = True
 
     def build_network(self, variant: str, state_dict=None) -> nn.Module:

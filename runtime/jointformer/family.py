@@ -53,7 +53,7 @@ class JointFormerFamily(ModelFamily):
     # Every attention's scores from their q.k MatMul on (the top-K and the softmax over [current-frame ;
     # kept reference] scores), and the soft aggregation from the decoder's last conv on; q, k and the
     # layers before them run in fp16.
-    fp16_policy = Fp16Policy(roots=("TopK", "Softmax"), stop_at=("MatMul", "Gemm", "Conv", "Shape"))
+    fp16_policy = Fp16Policy(scores_of=("TopK", "Softmax"))
 
     def build_network(self, variant: str, state_dict=None) -> nn.Module:
         return JointFormer.for_state_dict(state_dict) if state_dict is not None else JointFormer()
