@@ -314,8 +314,8 @@ def test_onnx_export_with_other_topk_options_is_refused(onnx_export):
 
 def test_fp16_export_keeps_softmax_norms_and_topk_scores_in_fp32(jointformer_export, model):
     """``export-engine jointformer --fp16``: weight layers in fp16; the q.k score products, what
-    TopK ranks, Softmax and LayerNorm in fp32; each graph's outputs within 1e-2 of their scale
-    of the eager fp32 model (3.6e-3 measured)."""
+    TopK ranks, Softmax and LayerNorm in fp32; each graph's outputs within their default fp16
+    tolerance of the eager fp32 model."""
     directory = jointformer_export("fp16")
     assert read_manifest(directory)["precision"] == "fp16"
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(directory / "joint_propagation.onnx"))).graph
@@ -328,9 +328,9 @@ def test_fp16_export_keeps_softmax_norms_and_topk_scores_in_fp32(jointformer_exp
     assert {dtypes[n.output[0]] for n in matmuls if n.input[1] in weights} == {FLOAT16}  # qkv, proj, fc1, fc2
     scores = [n for n in matmuls if dtypes[n.output[0]] == FLOAT]
     assert len(scores) == 2 * 11 and not any(n.input[1] in weights for n in scores)  # q.k and q.ref_k per block
-    checks = compare_with_eager(directory, model, sizes=((96, 128),), objects=(2,), rel_tol=1e-2)
-    worst = max(checks, key=lambda c: c.relative_error)
-    print(f"fp16: worst {worst.graph}/{worst.output} rel error {worst.relative_error:.2e}")
+    checks = compare_with_eager(directory, model, sizes=((96, 128),), objects=(2,))
+    worst = max(checks, key=lambda c: c.relative_error / c.tolerance)
+    print(f"fp16: worst {worst.graph}/{worst.output}: {worst.relative_error:.2e} (tolerance {worst.tolerance})")
     assert {c.graph for c in checks} == {"query_encoder", "reference_encoder", "joint_propagation", "decoder"}
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
 
