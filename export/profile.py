@@ -66,11 +66,13 @@ class EngineProfile:
 @dataclass(frozen=True)
 class BuildOptions:
     """Builder settings. ``workspace_mib`` None: :data:`WORKSPACE_MIB`, or
-    :data:`SMALL_WORKSPACE_MIB` on Jetson or with a DLA core."""
+    :data:`SMALL_WORKSPACE_MIB` on Jetson or with a DLA core. ``tf32``: let fp32 layers round
+    their inputs to TF32 (10-bit mantissas), TensorRT's default; off unless asked."""
 
     profile: EngineProfile = EngineProfile()
     workspace_mib: int | None = None
     dla_core: int | None = None
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         if self.dla_core is not None and self.dla_core < 0:

@@ -33,6 +33,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def fp32_without_tf32(request):
+    """Tests marked ``gpu`` or ``tensorrt`` hold GPU results to eager fp32 torch on the GPU: there
+    fp32 is fp32, without TF32 (PyTorch rounds cuDNN convolutions' inputs to TF32 by default)."""
+    if not (request.node.get_closest_marker("gpu") or request.node.get_closest_marker("tensorrt")):
+        yield
+        return
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.fixture(scope="session")
 def seeded_weights(tmp_path_factory):
     """``seeded_weights(model, seed)`` -> path of gen_weights.py weights for the official layout."""
