@@ -1,8 +1,10 @@
 """Reference data access and metrics shared by the tests."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -149,3 +151,19 @@ def davis_label_maps(session, clip: str) -> list[np.ndarray]:
         mask = _read_mask(masks[frame.stem], image.shape[:2], lambda _: None)[0] if frame.stem in masks else None
         labels.append(session.to_mask(session.step(image, mask, end=i == len(frames) - 1)))
     return labels
+
+
+@contextlib.contextmanager
+def layer_output_dtypes(network) -> Iterator[dict[str, set]]:
+    """While open, records the dtypes the outputs of every conv and linear layer of ``network``
+    ran in: ``{module name: {dtype, ...}}`` (layers that did not run are absent)."""
+    from torch import nn
+
+    dtypes: dict[str, set] = {}
+    hooks = [module.register_forward_hook(lambda _, __, out, name=name: dtypes.setdefault(name, set()).add(out.dtype))
+             for name, module in network.named_modules() if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    try:
+        yield dtypes
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import vosrt
-from helpers import (GOLDEN_MAX_DPROB, JOINTFORMER_GOLDEN_CONFIG, REFERENCE, assert_golden, require_shared,
-                     run_golden_clip, synthetic_frame, synthetic_mask)
+from helpers import (GOLDEN_MAX_DPROB, JOINTFORMER_GOLDEN_CONFIG, REFERENCE, assert_golden, layer_output_dtypes,
+                     require_shared, run_golden_clip, synthetic_frame, synthetic_mask)
 from vosrt.api import build_network
 from vosrt.cli import main
 from vosrt.export.fp16 import check_fp32_islands
@@ -239,8 +239,9 @@ def test_session_tracks_adds_and_removes_objects(model):
 
 
 def test_official_amp_runs_every_step_under_autocast(model):
-    """``amp=True`` (CUDA in vosrt.load; CPU autocast here): the reference cache fills with the fp16
-    keys/values computed under autocast, objects join and leave, and the output stays near fp32."""
+    """``amp=True`` (CUDA in vosrt.load; CPU autocast here): every conv and linear layer runs in fp16
+    (JointFormer's official code has no fp32 region around one), the reference cache fills with the
+    fp16 keys/values computed under autocast, objects join and leave, and the output stays near fp32."""
     config = JointFormerSessionConfig(mem_every=2, max_mem_frames=2)
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(4)]
@@ -251,8 +252,10 @@ def test_official_amp_runs_every_step_under_autocast(model):
     probs = {}
     for amp in (False, True):
         session = torch_session(model, config, amp=amp)
-        probs[amp] = [session.step(frames[0], labels), session.step(frames[1]),
-                      session.step(frames[2], added, objects=[7]), session.step(frames[3])]
+        with layer_output_dtypes(model) as dtypes:
+            probs[amp] = [session.step(frames[0], labels), session.step(frames[1]),
+                          session.step(frames[2], added, objects=[7]), session.step(frames[3])]
+        assert len(dtypes) > 100 and set().union(*dtypes.values()) == {torch.float16 if amp else torch.float32}
     assert session.object_ids == [1, 2, 7] and session._cache.buckets[0].keys.dtype == torch.float16
     for fp32, amp in zip(probs[False], probs[True]):
         assert amp.dtype == np.float32 and np.abs(amp - fp32).max() <= 2e-2  # 2.7e-3 measured
