@@ -183,11 +183,16 @@ def topk_differ(graph_indices: list[np.ndarray], axes: list[int],
 
 @contextlib.contextmanager
 def _quiet_polygraphy() -> Iterator[None]:
-    """Polygraphy's runners log every inference (inputs, outputs, timings) at INFO: errors only."""
+    """Polygraphy's runners log every inference (inputs, outputs, timings) at INFO: errors only,
+    uncoloured (no note about the missing ``colored`` module either)."""
     from polygraphy.logger import G_LOGGER
 
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        yield
+    colors, G_LOGGER.colors = G_LOGGER.colors, False
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+            yield
+    finally:
+        G_LOGGER.colors = colors
 
 
 def compare_engines_with_onnxruntime(engine_dir: str | Path, objects: tuple[int, ...] | None = None,
@@ -215,19 +220,19 @@ def compare_engines_with_onnxruntime(engine_dir: str | Path, objects: tuple[int,
     family = MODELS[manifest["model"]].family
     frames = family.memory_frames(manifest["max_mem_frames"])
     checks = []
-    for name, stage in family.stages.items():
-        session = create_session(onnx_dir / onnx_manifest["graphs"][name]["file"], ["CPUExecutionProvider"],
-                                 onnx_manifest["custom_ops"])
-        runners = [OnnxrtRunner(session, name="onnxruntime"),
-                   TrtRunner(EngineFromBytes(BytesFromPath(str(engine_dir / manifest["engines"][name]["file"]))),
-                             name="tensorrt")]
-        for k in objects:
-            inputs = example_inputs(stage, family.example_sizes(manifest["architecture"], *size, k, frames))
-            feed = {n: x.numpy() for n, x in zip(stage.input_names, inputs)}
-            with _quiet_polygraphy():
+    with _quiet_polygraphy():
+        for name, stage in family.stages.items():
+            session = create_session(onnx_dir / onnx_manifest["graphs"][name]["file"], ["CPUExecutionProvider"],
+                                     onnx_manifest["custom_ops"])
+            runners = [OnnxrtRunner(session, name="onnxruntime"),
+                       TrtRunner(EngineFromBytes(BytesFromPath(str(engine_dir / manifest["engines"][name]["file"]))),
+                                 name="tensorrt")]
+            for k in objects:
+                inputs = example_inputs(stage, family.example_sizes(manifest["architecture"], *size, k, frames))
+                feed = {n: x.numpy() for n, x in zip(stage.input_names, inputs)}
                 (_, (reference,)), (_, (engine,)) = Comparator.run(runners, data_loader=[feed])
-            checks += [check_output(stage, o, np.asarray(engine[o], dtype=np.float32),
-                                    np.asarray(reference[o], dtype=np.float32), rel_tol, size, k,
-                                    flips=manifest["precision"] == "fp32")
-                       for o in stage.output_names]
+                checks += [check_output(stage, o, np.asarray(engine[o], dtype=np.float32),
+                                        np.asarray(reference[o], dtype=np.float32), rel_tol, size, k,
+                                        flips=manifest["precision"] == "fp32")
+                           for o in stage.output_names]
     return checks

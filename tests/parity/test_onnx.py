@@ -16,8 +16,11 @@ from vosrt.cli import export_engine_main, main
 from vosrt.export import onnx as onnx_export
 from vosrt.export.fp16 import check_fp32_islands
 from vosrt.export.verify import compare_with_eager
+from vosrt.runtime.artifacts import read_manifest
+from vosrt.runtime.backends.onnxruntime import create_session
 from vosrt.runtime.cutie.family import FAMILY
 from vosrt.runtime.cutie.family import STAGES as SPECS
+from vosrt.runtime.stages import example_inputs
 
 MODELS = ["cutie-small", "cutie-base"]
 
@@ -143,6 +146,23 @@ def test_verify_holds_fp16_graphs_to_their_measured_tolerances(cutie_export, cap
     assert main(["verify", directory, "--sizes", "128x192", "--objects", "2", "--rel-tol", "1e-4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "outputs exceed their tolerance" in err
+
+
+def test_engine_comparisons_keep_polygraphy_quiet(cutie_export, capfd):
+    """The engine check runs Polygraphy's runners (TensorRT: not here), which log every inference:
+    inside the check nothing of it is printed."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+    from polygraphy.comparator import Comparator
+
+    from vosrt.export.verify import _quiet_polygraphy
+
+    stage = SPECS["memory_usage"]
+    directory = cutie_export("cutie-small")
+    inputs = example_inputs(stage, FAMILY.example_sizes(read_manifest(directory)["architecture"], 64, 64, 1, 2))
+    runner = OnnxrtRunner(create_session(directory / "memory_usage.onnx", ["CPUExecutionProvider"]))
+    with _quiet_polygraphy():
+        Comparator.run([runner], data_loader=[{n: x.numpy() for n, x in zip(stage.input_names, inputs)}])
+    assert capfd.readouterr() == ("", "")
 
 
 def test_fp16_graphs_of_a_confident_decoder_give_no_nan(seeded_weights, tmp_path):
