@@ -67,11 +67,13 @@ class BuildOptions:
     """Builder settings. ``workspace_mib`` None: :data:`WORKSPACE_MIB`, or
     :data:`SMALL_WORKSPACE_MIB` on Jetson or with a DLA core. With ``dla_core`` the profile is
     static: DLA takes no dynamic dimensions, so a layer it could run sees exactly
-    ``max_objects`` objects and a full memory, or runs on the GPU."""
+    ``max_objects`` objects and a full memory, or runs on the GPU. ``tf32``: let fp32 layers
+    round their inputs to TF32 (10-bit mantissas), TensorRT's default; off unless asked."""
 
     profile: EngineProfile = EngineProfile()
     workspace_mib: int | None = None
     dla_core: int | None = None
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         if self.dla_core is not None and self.dla_core < 0:

@@ -11,8 +11,12 @@ that says how to rebuild.
 Precision comes from the ONNX types (strongly typed network): an fp16 export gives fp16
 engines with the fp32 islands the export kept; no precision builder flag is set (TensorRT 11
 has none). The one exception is DLA on TensorRT 10, which only runs weakly typed fp16
-networks. The builder calls follow the TensorRT 10 Python API; building needs TensorRT and an
-NVIDIA GPU, everything else here (profiles, manifest checks, trtexec lines) does not.
+networks. TensorRT lets fp32 convolutions and matrix products round their inputs to TF32
+(10-bit mantissas, as fp16) unless its TF32 flag is cleared: it is cleared, so fp32 engines and
+the fp32 islands of fp16 engines compute in fp32, unless ``BuildOptions.tf32`` (``--tf32``).
+
+The builder calls follow the TensorRT 10 Python API; building needs TensorRT and an NVIDIA
+GPU, everything else here (profiles, manifest checks, trtexec lines) does not.
 """
 from __future__ import annotations
 
@@ -101,7 +105,7 @@ def _engine_manifest(onnx_manifest: dict, onnx_dir: Path, output: Path, options:
             "onnx_directory": os.path.relpath(onnx_dir.resolve(), output.resolve()),
             "environment": asdict(environment),
             "profile": asdict(options.profile), "input_shapes": shapes,
-            "strongly_typed": not _weakly_typed_dla(options), "dla_core": options.dla_core,
+            "strongly_typed": not _weakly_typed_dla(options), "dla_core": options.dla_core, "tf32": options.tf32,
             "workspace_mib": options.workspace, "engines": engines}
 
 
@@ -127,6 +131,8 @@ def _build_engine(trt, logger, onnx_path: Path, shapes: dict, options: BuildOpti
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}; export the graphs again")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace << 20)
+    if not options.tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for name, corner in shapes.items():
         profile.set_shape(name, corner["min"], corner["opt"], corner["max"])

@@ -22,6 +22,8 @@ def trtexec_commands(onnx_dir: str | Path, onnx_manifest: dict, options: BuildOp
     precision = ["--stronglyTyped"]
     if options.dla_core is not None:
         precision = [f"--useDLACore={options.dla_core}", "--allowGPUFallback", "--fp16"]  # TensorRT 10 DLA recipe
+    if not options.tf32:
+        precision.append("--noTF32")
     commands = [f"mkdir -p {engine_dir}"]
     for stage, graph in onnx_manifest["graphs"].items():
         corners = [f"--{corner}Shapes=" + ",".join(f"{name}:{'x'.join(map(str, s[corner]))}"

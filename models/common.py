@@ -1,4 +1,4 @@
-"""What both networks share: the ImageNet normalisation and Cutie/XMem's soft aggregation."""
+"""What both networks share: fp32 regions, the ImageNet normalisation and Cutie/XMem's soft aggregation."""
 from __future__ import annotations
 
 import torch
@@ -7,12 +7,29 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def fp32_region(x: torch.Tensor):
+    """A context with autocast off on ``x``'s device: the parts the official code runs in fp32
+    under AMP (``autocast(enabled=False)`` there). Values enter it through :func:`to_fp32`."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def to_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a new fp32 tensor: how a value enters an :func:`fp32_region`. A copy even when
+    ``x`` is fp32 already, so that an ONNX trace records the entry as a Cast of ``x`` (where the
+    fp16 export starts an fp32 island, see :mod:`vosrt.export.fp16`); ``x.float()`` would return
+    ``x`` itself, and the trace would count every later use of ``x`` as inside the region."""
+    return x.to(torch.float32, copy=True)
+
+
 def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:
-    """Soft aggregation: per-object probabilities -> logits with a background channel first (fp32)."""
-    prob = prob.float()
-    bg = torch.prod(1 - prob, dim=dim, keepdim=True)
-    new_prob = torch.cat([bg, prob], dim).clamp(1e-7, 1 - 1e-7)
-    return torch.log(new_prob / (1 - new_prob))
+    """Soft aggregation: per-object probabilities -> logits with a background channel first, in
+    fp32 (an fp32 region in the official code: in fp16, 1 - 1e-7 rounds to 1 and the logits of
+    confident pixels become infinite)."""
+    with fp32_region(prob):
+        prob = to_fp32(prob)
+        bg = torch.prod(1 - prob, dim=dim, keepdim=True)
+        new_prob = torch.cat([bg, prob], dim).clamp(1e-7, 1 - 1e-7)
+        return torch.log(new_prob / (1 - new_prob))
 
 
 class ImageNormalization(torch.nn.Module):

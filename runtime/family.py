@@ -7,7 +7,7 @@ attention each stage runs, what an export fixes, and how to make a session. Each
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
@@ -28,11 +28,16 @@ FORMULATIONS = ("eager", "graph", "reference", "custom_ops")
 
 @dataclass(frozen=True)
 class Fp16Policy:
-    """What an fp16 graph keeps in fp32 besides the ops every fp16 export keeps: the nodes that
-    compute the inputs of every ``roots`` node, walking up the graph; ``stop_at`` ops end the walk."""
+    """A family's fp16 graphs. What they keep in fp32 besides what every fp16 graph keeps (the
+    model's own fp32 regions, autocast's fp32 ops: see :mod:`vosrt.export.fp16`): the scores
+    that each ``scores_of`` op ranks or normalises, from the ``scores_from`` ops that compute
+    them (included) on. ``tolerances``: how far each output may be from the eager fp32 model,
+    ``{"stage.output": max |error| / max |eager|}`` (``vosrt verify``'s defaults for fp16
+    graphs, set from measurements)."""
 
-    roots: tuple[str, ...]
-    stop_at: tuple[str, ...] = ()
+    scores_of: tuple[str, ...] = ()
+    scores_from: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+    tolerances: Mapping[str, float] = field(default_factory=dict)
 
 
 class ModelFamily(ABC):

@@ -33,6 +33,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def fp32_without_tf32(request):
+    """Tests marked ``gpu`` or ``tensorrt`` hold GPU results to eager fp32 torch on the GPU: there
+    fp32 is fp32, without TF32 (PyTorch rounds cuDNN convolutions' inputs to TF32 by default)."""
+    if not (request.node.get_closest_marker("gpu") or request.node.get_closest_marker("tensorrt")):
+        yield
+        return
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.fixture(scope="session")
 def seeded_weights(tmp_path_factory):
     """``seeded_weights(model, seed)`` -> path of gen_weights.py weights for the official layout."""
@@ -55,10 +72,11 @@ def seeded_weights(tmp_path_factory):
 def jointformer_export(seeded_weights, tmp_path_factory):
     """``jointformer_export(variant)`` -> the directory ``export-engine jointformer --format onnx
     --max-mem-frames 2`` writes for the seed-1 weights (default top-K options), exported once per
-    session: variant ``"fp32"``, ``"custom"`` (``--custom-ops``) or ``"fp16"`` (``--fp16``)."""
+    session: variant ``"fp32"``, ``"custom"`` (``--custom-ops``), ``"fp16"`` (``--fp16``) or
+    ``"custom-fp16"`` (both)."""
     from vosrt.cli import export_engine_main
 
-    flags = {"fp32": [], "custom": ["--custom-ops"], "fp16": ["--fp16"]}
+    flags = {"fp32": [], "custom": ["--custom-ops"], "fp16": ["--fp16"], "custom-fp16": ["--custom-ops", "--fp16"]}
     made: dict[str, Path] = {}
 
     def make(variant: str) -> Path:
@@ -76,8 +94,8 @@ def jointformer_export(seeded_weights, tmp_path_factory):
 @pytest.fixture(scope="session")
 def cutie_export(seeded_weights, tmp_path_factory):
     """``cutie_export(model, variant="fp32")`` -> an export of the seed-1 weights with top_k 30 and
-    max_mem_frames 3 (the golden settings), written once per session: ``"fp32"``, ``"fp16"`` or
-    ``"custom"`` (custom ops)."""
+    max_mem_frames 3 (the golden settings), written once per session: ``"fp32"``, ``"fp16"``,
+    ``"custom"`` (custom ops) or ``"custom-fp16"``."""
     from vosrt.api import build_network
     from vosrt.export.onnx import export_onnx
     from vosrt.runtime.cutie.config import CutieSessionConfig
@@ -89,8 +107,8 @@ def cutie_export(seeded_weights, tmp_path_factory):
             weights = seeded_weights(model)
             made[model, variant] = export_onnx(
                 build_network(model, weights), model, tmp_path_factory.mktemp("onnx") / f"{model}-{variant}",
-                config=CutieSessionConfig(top_k=30, max_mem_frames=3), checkpoint=weights, fp16=variant == "fp16",
-                custom_ops=variant == "custom", progress=lambda _: None)
+                config=CutieSessionConfig(top_k=30, max_mem_frames=3), checkpoint=weights, fp16="fp16" in variant,
+                custom_ops="custom" in variant, progress=lambda _: None)
         return made[model, variant]
 
     return make

@@ -1,8 +1,10 @@
 """Reference data access and metrics shared by the tests."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -133,3 +135,17 @@ def assert_golden(results, max_dprob: float, min_iou: float = 0.98, ignore_ties:
     most_ties = max(results, key=lambda r: r[4])
     assert not ignore_ties or most_ties[4] <= max_ties, f"frame {most_ties[0]}: {most_ties[4]:.1%} near-tie pixels"
 
+@contextlib.contextmanager
+def layer_output_dtypes(network) -> Iterator[dict[str, set]]:
+    """While open, records the dtypes the outputs of every conv and linear layer of ``network``
+    ran in: ``{module name: {dtype, ...}}`` (layers that did not run are absent)."""
+    from torch import nn
+
+    dtypes: dict[str, set] = {}
+    hooks = [module.register_forward_hook(lambda _, __, out, name=name: dtypes.setdefault(name, set()).add(out.dtype))
+             for name, module in network.named_modules() if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    try:
+        yield dtypes
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -11,18 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vosrt.models.common import fp32_region, to_fp32
+
 
 def per_object(fn, g: torch.Tensor) -> torch.Tensor:
     """Apply a ``[N, C, H, W]`` function to every object of a ``[B, K, C, H, W]`` tensor."""
     b, k = g.shape[:2]
     out = fn(g.flatten(0, 1))
     return out.view(b, k, *out.shape[1:])
-
-
-def fp32_region(x: torch.Tensor):
-    """A context with autocast off on ``x``'s device: the parts the official code runs in fp32
-    under AMP (``autocast(enabled=False)`` there). Inputs must still be cast with ``.float()``."""
-    return torch.autocast(x.device.type, enabled=False)
 
 
 def upsample2x(g: torch.Tensor) -> torch.Tensor:
@@ -120,7 +116,7 @@ class SensoryDeepUpdater(nn.Module):
 
     def forward(self, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         with fp32_region(g):
-            g, h = g.float(), h.float()
+            g, h = to_fp32(g), to_fp32(h)
             return gru_update(h, self.transform(torch.cat([g, h], dim=2)))
 
 
@@ -137,7 +133,7 @@ class SensoryUpdater(nn.Module):
     def forward(self, g16: torch.Tensor, g8: torch.Tensor, g4: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         g = self.g16_conv(g16) + self.g8_conv(area_downsample(g8, 2)) + self.g4_conv(area_downsample(g4, 4))
         with fp32_region(g):
-            g, h = g.float(), h.float()
+            g, h = to_fp32(g), to_fp32(h)
             return gru_update(h, self.transform(torch.cat([g, h], dim=2)))
 
 

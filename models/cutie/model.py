@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vosrt.kernels import topk_readout, topk_usage_reference
-from vosrt.models.common import ImageNormalization, aggregate
+from vosrt.models.common import ImageNormalization, aggregate, fp32_region, to_fp32
 
 from .blocks import (GConv2d, GroupFeatureFusionBlock, MaskUpsampleBlock, SensoryDeepUpdater,
-                     SensoryUpdater, area_downsample, fp32_region, per_object)
+                     SensoryUpdater, area_downsample, per_object)
 from .config import STRIDE, CutieConfig
 from .resnet import ResNetTrunk
 from .transformer import ObjectSummarizer, QueryTransformer
@@ -91,7 +91,7 @@ class MaskDecoder(nn.Module):
         p8 = self.up_16_8(readout, f8)
         p4 = self.up_8_4(p8, f4)
         with fp32_region(p4):
-            logits = per_object(lambda x: self.pred(F.relu(x.float())), p4)  # [B, K, 1, 4h, 4w]
+            logits = per_object(lambda x: self.pred(F.relu(to_fp32(x))), p4)  # [B, K, 1, 4h, 4w]
         new_sensory = self.sensory_update(readout, p8, torch.cat([p4, logits.to(p4.dtype)], 2), sensory)
         return new_sensory, logits.squeeze(2)
 

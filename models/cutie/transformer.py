@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vosrt.models.common import aggregate
+from vosrt.models.common import aggregate, fp32_region, to_fp32
 
-from .blocks import CAResBlock, GConv2d, fp32_region
+from .blocks import CAResBlock, GConv2d
 
 
 class SinePositionalEncoding(nn.Module):
@@ -56,8 +56,8 @@ class ObjectSummarizer(nn.Module):
         allowed = torch.cat([masks.expand(-1, -1, -1, -1, half), (1 - masks).expand(-1, -1, -1, -1, half)], -1)
         value = self.input_proj(value.permute(0, 1, 3, 4, 2))
         with fp32_region(value):
-            value = (value + self.pos_enc(h, w).to(value.dtype)).float()
-            weights = self.weights_pred(value).sigmoid() * allowed  # [B, K, h, w, Q]
+            value = to_fp32(value + self.pos_enc(h, w).to(value.dtype))
+            weights = self.weights_pred(value).sigmoid() * to_fp32(allowed)  # [B, K, h, w, Q]
             feature = self.feature_pred(value)  # [B, K, h, w, C]
             sums = torch.einsum("bkhwq,bkhwc->bkqc", weights, feature)
             area = weights.flatten(2, 3).sum(2).unsqueeze(-1)

@@ -53,7 +53,17 @@ class JointFormerFamily(ModelFamily):
     # Every attention's scores from their q.k MatMul on (the top-K and the softmax over [current-frame ;
     # kept reference] scores), and the soft aggregation from the decoder's last conv on; q, k and the
     # layers before them run in fp16.
-    fp16_policy = Fp16Policy(roots=("TopK", "Softmax"), stop_at=("MatMul", "Gemm", "Conv", "Shape"))
+    # Tolerances: about 3x the worst max |fp16 graph - eager fp32| / max |eager fp32| measured on ONNX
+    # Runtime (CPU) with random inputs, 96x128 to 240x320, 1-3 objects, standard ops and custom ops (in
+    # brackets). 2-3% of the (block, head, token) rows of joint_propagation keep another top-K set than
+    # fp32: q and k come from fp16 layers.
+    fp16_policy = Fp16Policy(scores_of=("TopK", "Softmax"), tolerances={
+        "query_encoder.f8": 3e-3, "query_encoder.f4": 3e-3, "query_encoder.tokens": 3e-3,  # [8.6e-4 6.0e-4 1.0e-3]
+        "reference_encoder.ref_keys": 4e-3, "reference_encoder.ref_values": 4e-3,  # [1.0e-3 1.2e-3]
+        "reference_encoder.new_summary": 4e-3,  # [1.1e-3]
+        "joint_propagation.f16": 1e-2,  # [3.6e-3]
+        "decoder.prob": 3e-3, "decoder.new_summary": 3e-3,  # [7.8e-4 9.0e-4]
+    })
 
     def build_network(self, variant: str, state_dict=None) -> nn.Module:
         return JointFormer.for_state_dict(state_dict) if state_dict is not None else JointFormer()

@@ -19,7 +19,7 @@ class FakeTensorRT(types.ModuleType):
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
         self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-        self.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK="gpu_fallback", FP16="fp16")
+        self.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK="gpu_fallback", FP16="fp16", TF32="tf32")
         self.DeviceType = types.SimpleNamespace(DLA="dla")
         self.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
         self.ExecutionContextAllocationStrategy = types.SimpleNamespace(STATIC="static", USER_MANAGED="user_managed")

@@ -109,12 +109,13 @@ def test_trtexec_commands_match_the_build(onnx_dir):
     image_line = lines[list(SPECS).index("image_encoder")]
     assert f"--onnx={onnx_dir / 'image_encoder.onnx'}" in image_line
     assert f"--saveEngine={onnx_dir / 'tensorrt' / 'image_encoder.engine'}" in image_line
-    assert "--minShapes=image:1x3x240x320" in image_line and "--stronglyTyped" in image_line
+    assert "--minShapes=image:1x3x240x320" in image_line and "--stronglyTyped --noTF32" in image_line
     assert "--memPoolSize=workspace:2048M" in image_line and "--timingCacheFile=" in image_line
     decoder_line = lines[list(SPECS).index("mask_decoder")]
     assert "--maxShapes=f8:1x128x30x40,f4:1x64x60x80,readout:1x2x256x15x20,sensory:1x2x256x15x20" in decoder_line
     dla = trtexec_commands(onnx_dir, manifest, profile.BuildOptions(dla_core=1))[1]
     assert "--useDLACore=1 --allowGPUFallback --fp16" in dla and "--stronglyTyped" not in dla
+    assert "--noTF32" not in trtexec_commands(onnx_dir, manifest, profile.BuildOptions(tf32=True))[1]
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -175,6 +176,7 @@ def test_build_writes_engines_manifest_and_reuses_the_timing_cache(export, tmp_p
     assert "built with TensorRT 10.9.0.34 for NVIDIA H100 80GB HBM3 (compute capability 9.0)" in printed
     assert ("settings top_k 30  topk_range all_frames" in printed) == (model == "jointformer")
     assert ("create_network", 1 << 1) in trt.calls  # STRONGLY_TYPED
+    assert trt.calls.count(("clear_flag", "tf32")) == len(specs) and not manifest["tf32"]  # fp32 is fp32
     assert ("set_memory_pool_limit", "workspace", profile.WORKSPACE_MIB << 20) in trt.calls
     # Each graph's build starts from the cache the previous one left; a rebuild starts from the saved file.
     caches = [c[1] for c in trt.calls if c[0] == "create_timing_cache"]
@@ -203,6 +205,18 @@ def test_export_engine_from_onnx_builds_with_the_cli_profile(model, memory_graph
     assert manifest["profile"] == {"max_objects": 2, "resolution": [240, 320], "max_mem_frames": 5}
     assert manifest["input_shapes"][memory_graph][valid_input]["max"] == valid_max
     assert manifest["max_mem_frames"] == 5 and manifest["workspace_mib"] == 512
+
+
+def test_tf32_is_off_unless_asked(onnx_dir, tmp_path, fake_gpu):
+    """TensorRT's TF32 flag is on by default: the builder clears it for every engine, fp32 or the
+    fp32 islands of fp16 ones, unless --tf32 (this stand-in records the builder calls; never run on a GPU)."""
+    for argv, cleared in (([], True), (["--tf32"], False)):
+        trt = fake_gpu(FakeTensorRT())
+        out = tmp_path / f"engines{len(argv)}"
+        assert export_engine_main(["--from-onnx", str(onnx_dir), "--output", str(out), "--max-objects", "2",
+                                   "--resolution", "240x320", *argv]) == 0
+        assert (("clear_flag", "tf32") in trt.calls) == cleared
+        assert read_manifest(out, ENGINE_FORMAT)["tf32"] == (not cleared)
 
 
 def test_failed_build_leaves_the_previous_engines(export, tmp_path, fake_gpu):

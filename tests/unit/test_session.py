@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vosrt
-from helpers import synthetic_frame, synthetic_mask
+from helpers import layer_output_dtypes, synthetic_frame, synthetic_mask
 from vosrt.runtime.cutie.memory import MemoryStore
 
 
@@ -189,3 +189,35 @@ def test_fp16_stages_feed_the_fp32_session_state(seeded_weights):
         prob = session.step(frame)
     assert prob.dtype == np.float32 and prob.shape == (3, *frames[0].shape[:2])
     assert np.isfinite(prob).all() and np.allclose(prob.sum(0), 1, atol=1e-3)
+
+
+# Cutie's conv/linear layers that the official code runs in fp32 under AMP (autocast off): the
+# final logits, the sensory updates (GRU) and the object summaries.
+CUTIE_FP32_LAYERS = ("mask_decoder.pred", "mask_encoder.sensory_update.transform",
+                     "mask_decoder.sensory_update.transform", "object_summarizer.weights_pred.",
+                     "object_summarizer.feature_pred.")
+
+
+@pytest.mark.parametrize("mode", ["amp", "fp16"])
+def test_fp16_modes_run_the_conv_and_linear_layers_in_fp16(seeded_weights, mode):
+    """``amp=True`` (the official AMP: every step under autocast) and ``fp16=True`` (autocast in
+    every stage) on CPU autocast (CUDA in vosrt.load): each conv/linear layer's output is fp16,
+    but for the layers of the official fp32 regions."""
+    from vosrt.api import build_network
+    from vosrt.runtime.backends.torch import TorchBackend
+    from vosrt.runtime.cutie.config import CutieSessionConfig
+    from vosrt.runtime.cutie.family import FAMILY
+    from vosrt.runtime.cutie.session import CutieSession
+
+    network = build_network("cutie-small", seeded_weights("cutie-small"))
+    backend = TorchBackend(FAMILY, network, {"top_k": 30}, "cpu", fp16=mode == "fp16")
+    session = CutieSession(backend, CutieSessionConfig(mem_every=1, max_internal_size=64), amp=mode == "amp")
+    with layer_output_dtypes(network) as dtypes:
+        for i in range(3):
+            session.step(synthetic_frame(i), synthetic_mask(0) if i == 0 else None, objects=[1, 2] if i == 0 else None)
+    fp32 = {name for name in dtypes if name.startswith(CUTIE_FP32_LAYERS)}
+    print(f"{mode}: {len(dtypes)} layers ran, {len(fp32)} in fp32 regions")
+    assert len(fp32) == 7 and len(dtypes) > 100
+    assert {name: kinds for name, kinds in dtypes.items() if name not in fp32} == {
+        name: {torch.float16} for name in dtypes if name not in fp32}
+    assert all(dtypes[name] == {torch.float32} for name in fp32)

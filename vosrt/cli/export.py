@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             f"{SMALL_WORKSPACE_MIB} on Jetson or with --dla-core)")
     group.add_argument("--dla-core", type=int, metavar="N",
                        help="build for DLA core N with GPU fallback for the layers DLA cannot run (fp16 exports)")
+    group.add_argument("--tf32", action="store_true",
+                       help="let fp32 layers (fp32 engines, the fp32 parts of fp16 engines) round their inputs to "
+                            "TF32, 10-bit mantissas (TensorRT's default; off here)")
     group.add_argument("--trtexec", action="store_true",
                        help="print the trtexec commands that build the same engines instead of building them")
     group.add_argument("--no-check-files", dest="check_files", action="store_false",
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
     from vosrt.runtime import artifacts
 
     profile = EngineProfile(args.max_objects, args.resolution, getattr(args, "max_mem_frames", None))
-    options = BuildOptions(profile, args.workspace, args.dla_core)
+    options = BuildOptions(profile, args.workspace, args.dla_core, args.tf32)
     if args.from_onnx:
         _check_from_onnx(args)
         onnx_dir, output = Path(args.from_onnx), args.output
