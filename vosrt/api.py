@@ -1,7 +1,9 @@
-"""``vosrt.load``: one entry point for every model and backend."""
+"""``vosrt.load`` (one video) and ``vosrt.load_batch`` (several at once): one entry point for every
+model and backend."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -13,6 +15,9 @@ from vosrt.runtime.backends.base import Backend
 from vosrt.runtime.config import SessionConfig
 from vosrt.runtime.registry import ModelSpec, model_spec
 from vosrt.runtime.session import Session
+
+if TYPE_CHECKING:
+    from vosrt.runtime.batch import BatchSession
 
 
 def build_network(name: str, weights: str | Path | None = None) -> nn.Module:
@@ -52,6 +57,27 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     ``stagger_updates``, ``chunk_size``, ``use_long_term`` and ``long_term_*``; JointFormer's
     ``include_last``, ``topk_range``, ``topk_block``, ``topk_clstoken``.
     """
+    spec, config, runner = _backend(name, weights, backend, device, export_dir, fp16, amp, cuda_graph, options)
+    return spec.family.new_session(runner, config, amp=amp)
+
+
+def load_batch(name: str, weights: str | Path | None = None, *, backend: str = "torch", device: str = "cpu",
+               export_dir: str | Path | None = None, fp16: bool = False, amp: bool = False, cuda_graph: bool = False,
+               **options) -> BatchSession:
+    """Create a session for several videos at once (:class:`~vosrt.runtime.batch.BatchSession`):
+    ``batch.step({stream: frame})`` runs each stage once for all streams where their shapes allow.
+    Arguments as in :func:`load`. ONNX exports need the stream axis of this version's exports;
+    TensorRT engines take at most the ``--max-streams`` of their profile in one call."""
+    from vosrt.runtime.batch import BatchSession
+
+    spec, config, runner = _backend(name, weights, backend, device, export_dir, fp16, amp, cuda_graph, options,
+                                    streams=True)
+    return BatchSession(spec.family, runner, config, amp=amp, max_streams=_max_streams(runner))
+
+
+def _backend(name: str, weights, backend: str, device: str, export_dir, fp16: bool, amp: bool, cuda_graph: bool,
+             options: dict, streams: bool = False) -> tuple[ModelSpec, SessionConfig, Backend]:
+    """The model, its settings and the backend of :func:`load` (``streams``: for :func:`load_batch`)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     spec = model_spec(name)
@@ -61,14 +87,23 @@ def load(name: str, weights: str | Path | None = None, *, backend: str = "torch"
     if backend == "torch":
         runner = _torch_backend(spec, weights, config, device, fp16)
     elif backend == "onnxruntime":
-        runner = _onnxruntime_backend(spec, weights, config, device, export_dir, fp16)
+        runner = _onnxruntime_backend(spec, weights, config, device, export_dir, fp16, streams)
     else:
         runner = _tensorrt_backend(spec, config, device, export_dir, fp16)
     if cuda_graph:
         from vosrt.runtime.backends.cuda_graphs import CudaGraphBackend
 
         runner = CudaGraphBackend(runner)
-    return spec.family.new_session(runner, config, amp=amp)
+    return spec, config, runner
+
+
+def _max_streams(runner: Backend) -> int | None:
+    """Most streams per stage call: TensorRT engines' ``--max-streams`` (1 for engines built before
+    it existed); any number elsewhere."""
+    manifest = getattr(getattr(runner, "inner", runner), "manifest", None)
+    if manifest is None or manifest["format"] != artifacts.ENGINE_FORMAT:
+        return None
+    return manifest["profile"].get("max_streams", 1)
 
 
 def _check_gpu_options(spec: ModelSpec, backend: str, device: torch.device, fp16: bool, amp: bool,
@@ -99,25 +134,51 @@ def _torch_backend(spec: ModelSpec, weights, config: SessionConfig, device: torc
 
 
 def _onnxruntime_backend(spec: ModelSpec, weights, config: SessionConfig, device: torch.device, export_dir,
-                         fp16: bool) -> Backend:
+                         fp16: bool, streams: bool) -> Backend:
     from vosrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     if export_dir is None:
         export_dir = _cached_export(spec, weights, config, fp16)
     runner = OnnxRuntimeBackend(export_dir, device)
     artifacts.check_fits(runner.manifest, spec, config, fp16, export_dir)
+    _check_inputs(runner.manifest, spec, export_dir)
+    if streams and not _has_stream_axis(runner.manifest):
+        raise ValueError(f"the graphs in {export_dir} take one stream (exported before vosrt had a stream axis); "
+                         "re-export them (export-engine --format onnx) to run several streams")
     return runner
 
 
+def _check_inputs(manifest: dict, spec: ModelSpec, directory) -> None:
+    """ValueError when the graphs (or engines) of ``directory`` take inputs of other ranks than this
+    version's stages pass (an export from a version before JointFormer's stream axis, say)."""
+    for name, stage in spec.family.stages.items():
+        if manifest["format"] == artifacts.ENGINE_FORMAT:
+            ranks = {tensor: len(shapes["min"]) for tensor, shapes in manifest["input_shapes"][name].items()}
+        else:
+            ranks = {t["name"]: len(t["shape"]) for t in manifest["graphs"][name]["inputs"]}
+        expected = {t.name: len(t.shape) for t in stage.inputs}
+        if ranks != expected:
+            raise ValueError(f"{directory} was exported by another vosrt version: its {name} graph takes inputs of "
+                             f"ranks {ranks}, this version passes {expected}; export again")
+
+
+def _has_stream_axis(manifest: dict) -> bool:
+    """Whether an export's graphs take several streams (their image input has the ``B`` axis)."""
+    return all(t["shape"][0] == "B" for graph in manifest["graphs"].values() for t in graph["inputs"]
+               if t["name"] == "image")
+
+
 def _cached_export(spec: ModelSpec, weights, config: SessionConfig, fp16: bool) -> Path:
-    """The export of these weights and settings in the cache, written on first use."""
+    """The export of these weights and settings in the cache, written on first use (and again
+    when the cached one predates the stream axis)."""
     from vosrt.export.onnx import export_onnx
 
     path = wts.checkpoint_for(spec.name, weights)
     settings = "-".join(str(v) for v in config.export_settings().values())
     export_dir = wts.cache_dir() / "onnx" / f"{spec.name}-{artifacts.sha256(path)[:16]}-{settings}-" \
                                             f"{'fp16' if fp16 else 'fp32'}"
-    if not (export_dir / artifacts.MANIFEST).is_file():
+    manifest = export_dir / artifacts.MANIFEST
+    if not manifest.is_file() or not _has_stream_axis(artifacts.read_manifest(export_dir, check_files=False)):
         export_onnx(build_network(spec.name, path), spec.name, export_dir, config=config, checkpoint=path, fp16=fp16)
     return export_dir
 
@@ -131,5 +192,6 @@ def _tensorrt_backend(spec: ModelSpec, config: SessionConfig, device: torch.devi
     engine_dir = artifacts.engine_directory(export_dir)
     manifest = artifacts.read_manifest(engine_dir, artifacts.ENGINE_FORMAT)
     artifacts.check_fits(manifest, spec, config, fp16, export_dir)
+    _check_inputs(manifest, spec, export_dir)
     config.check_engine_memory(manifest["max_mem_frames"], export_dir)
     return TensorRTBackend(engine_dir, device)

@@ -1,9 +1,10 @@
-"""Tiny backends for testing what wraps a backend (CUDA-graph replay, timing) without a model."""
+"""Tiny backends for testing what wraps a backend (CUDA-graph replay, timing) without a model, and a
+wrapper that takes the batch size out of a backend's rounding."""
 from __future__ import annotations
 
 import torch
 
-from vosrt.runtime.backends.base import Backend
+from vosrt.runtime.backends.base import Backend, BackendWrapper
 from vosrt.runtime.stages import StageSpec, TensorSpec
 
 STAGES = {
@@ -33,3 +34,19 @@ class ArithmeticBackend(Backend):
                 float(inputs[0].sum())  # a device-to-host copy: not allowed while capturing
             return [2 * inputs[0]]
         return [inputs[0] + inputs[1]]
+
+
+class OneStreamPerCall(BackendWrapper):
+    """Runs a stage call of B streams as B calls of one stream each (its rows of every ``B`` and
+    ``BK`` tensor; with both axes ``BK = B x K``) and concatenates their outputs: what a batch
+    computes, without the kernels that round differently for another batch size. Stages with only
+    ``BK`` rows (independent objects) run as they are."""
+
+    def _run(self, stage: StageSpec, inputs: list[torch.Tensor]):
+        streams = next((x.shape[t.stream_axis] for t, x in zip(stage.inputs, inputs)
+                        if t.stream_axis is not None and t.shape[t.stream_axis] == "B"), 1)
+        if streams == 1:
+            return self.inner._run(stage, inputs)
+        parts = zip(*(x.chunk(streams, t.stream_axis) for t, x in zip(stage.inputs, inputs)))
+        outputs = [self.inner._run(stage, list(part)) for part in parts]
+        return [torch.cat(column, dim=t.stream_axis) for t, column in zip(stage.outputs, zip(*outputs))]
