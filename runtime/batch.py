@@ -3,7 +3,8 @@
 >>> batch = vosrt.load_batch("cutie-small", weights=..., backend="onnxruntime")
 >>> outs = batch.step({"cam0": (image0, mask0), "cam1": (image1, mask1)})   # streams join with a mask
 >>> outs = batch.step({"cam0": next0, "cam1": next1})                       # {stream: prob}
->>> batch.end("cam1")                                                       # a stream leaves
+>>> outs = batch.step({"cam0": last0}, last=["cam0"])                       # cam0's last frame
+>>> batch.end("cam0")                                                       # cam0 leaves
 
 Each stream is an ordinary :class:`~.session.Session` (its own memory, objects, frame counter
 and frame size) on the batch's shared backend; :meth:`BatchSession.step` prepares every given
@@ -82,36 +83,34 @@ class BatchSession:
         return self._session(stream).to_mask(prob)
 
     @torch.inference_mode()
-    def step(self, frames: Mapping[Hashable, FrameInput], *, end: Collection[Hashable] = (),
+    def step(self, frames: Mapping[Hashable, FrameInput], *, last: Collection[Hashable] = (),
              output: str = "numpy") -> dict[Hashable, np.ndarray | torch.Tensor]:
         """Process one frame of each stream in ``frames``: ``{stream: image}``, ``{stream: (image,
         mask)}`` or ``{stream: (image, mask, objects)}`` as in :meth:`Session.step`. A stream not in
-        the batch joins with its first frame, which needs a mask. ``end``: streams whose frame is
-        their video's last (nothing is memorised); they leave the batch after it. ``output``: as in
-        :meth:`Session.step`. Returns ``{stream: prob}``, each what ``Session.step`` returns.
+        the batch joins with its first frame, which needs a mask. ``last``: streams whose frame is
+        their video's last (nothing is memorised, as ``Session.step(end=True)``; :meth:`end` them
+        once done with their outputs). ``output``: as in :meth:`Session.step`. Returns ``{stream:
+        prob}``, each what ``Session.step`` returns.
 
         Every frame is checked before any stream changes: on an error no stream has moved on."""
         check_output(output)
-        unknown = [stream for stream in end if stream not in frames]
+        unknown = [stream for stream in last if stream not in frames]
         if unknown:
-            raise ValueError(f"end names streams without a frame in this step: {unknown}")
+            raise ValueError(f"last names streams without a frame in this step: {unknown}")
         sessions = {stream: self.sessions.get(stream) or self._new_session() for stream in frames}
         prepared = []
         for stream, given in frames.items():
             image, mask, objects = _unpack(stream, given)
             try:
-                prepared.append((sessions[stream], sessions[stream]._prepare(image, mask, objects, stream in end)))
+                prepared.append((sessions[stream], sessions[stream]._prepare(image, mask, objects, stream in last)))
             except ValueError as err:
                 raise ValueError(f"stream {stream!r}: {err}") from None
         for session, frame in prepared:
             session._begin(frame)
         self.sessions.update(sessions)
         probs = step_sessions(prepared, self._batcher) if prepared else []
-        outputs = {stream: session._finish(frame, prob, output)
-                   for stream, (session, frame), prob in zip(frames, prepared, probs)}
-        for stream in end:
-            del self.sessions[stream]
-        return outputs
+        return {stream: session._finish(frame, prob, output)
+                for stream, (session, frame), prob in zip(frames, prepared, probs)}
 
     def end(self, stream: Hashable) -> None:
         """``stream`` leaves the batch (its memory is freed)."""

@@ -76,9 +76,11 @@ def _batched(batch, schedule) -> dict[str, list[np.ndarray]]:
         frames = {stream: clip[t - start] for stream, (start, clip) in schedule.items()
                   if 0 <= t - start < len(clip)}
         ending = [stream for stream, (start, clip) in schedule.items() if t - start == len(clip) - 1]
-        for stream, prob in batch.step(frames, end=ending).items():
+        for stream, prob in batch.step(frames, last=ending).items():
             outputs[stream].append(prob)
-    assert batch.streams == []  # every stream left with its last frame
+        for stream in ending:
+            batch.end(stream)
+    assert batch.streams == []
     return outputs
 
 
@@ -213,8 +215,8 @@ def test_a_bad_frame_leaves_every_stream_as_it_was(batch):
     with pytest.raises(ValueError, match="stream 'b': the first frame needs a mask"):
         batch.step({"a": frames[1][0], "b": frames[1][0]})
     assert batch.streams == ["a"] and batch.sessions["a"].frame_index == 0
-    with pytest.raises(ValueError, match="end names streams without a frame"):
-        batch.step({"a": frames[1][0]}, end=["z"])
+    with pytest.raises(ValueError, match="last names streams without a frame"):
+        batch.step({"a": frames[1][0]}, last=["z"])
     with pytest.raises(ValueError, match="not a tuple of 4"):
         batch.step({"a": (*frames[1], None)})
     with pytest.raises(KeyError, match="no stream 'z'"):
