@@ -48,7 +48,7 @@ class CutieSession(Session):
             if frame.labels is not None:
                 prob[i] = s._merge_mask(prob[i], frame.labels, frame.objects)
                 s._register(s.objects.add(frame.objects), frame.labels.shape)
-            s._last_mask = prob[i][1:].unsqueeze(0)
+            s._last_mask = prob[i][1:].unsqueeze(0).clone()  # not a backend's output buffer: another stream reuses it
         cls._add_memory([(s, frame, features[i]) for i, (s, frame) in enumerate(steps) if frame.memorise], batcher)
         return prob
 

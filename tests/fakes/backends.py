@@ -50,3 +50,19 @@ class OneStreamPerCall(BackendWrapper):
         parts = zip(*(x.chunk(streams, t.stream_axis) for t, x in zip(stage.inputs, inputs)))
         outputs = [self.inner._run(stage, list(part)) for part in parts]
         return [torch.cat(column, dim=t.stream_axis) for t, column in zip(stage.outputs, zip(*outputs))]
+
+
+class ReusedOutputBuffers(BackendWrapper):
+    """Returns every output in a buffer kept per stage and shape, overwritten by the next call of
+    that stage with that shape, as TensorRT engines and CUDA graphs do."""
+
+    def __init__(self, inner: Backend):
+        super().__init__(inner)
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def _run(self, stage: StageSpec, inputs: list[torch.Tensor]):
+        outputs = []
+        for spec, y in zip(stage.outputs, self.inner._run(stage, inputs)):
+            key = (stage.name, spec.name, tuple(y.shape), y.dtype)
+            outputs.append(self.buffers.setdefault(key, torch.empty_like(y)).copy_(y))
+        return outputs

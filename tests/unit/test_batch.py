@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import vosrt
-from fakes.backends import ArithmeticBackend, OneStreamPerCall
+from fakes.backends import ArithmeticBackend, OneStreamPerCall, ReusedOutputBuffers
 from helpers import DAVIS, SYNTHETIC_LONG, synthetic_frame, synthetic_mask
 from vosrt import io
 from vosrt.api import build_network
@@ -154,6 +154,28 @@ def test_batch_bookkeeping_is_exact(model, options, seeded_weights):
     stream's own frames, chunked readouts): nothing but the backend's rounding differs from independent
     sessions."""
     _check_exact(model, seeded_weights(model), 4, 8 if model == "cutie-small" else 6, **options)
+
+
+def test_streams_stepped_apart_keep_their_state_on_backends_that_reuse_output_buffers(seeded_weights):
+    """Streams stepped in separate calls replay the same engine or graph: no stream may keep a view of
+    an output buffer that the next stream's call overwrites."""
+    spec = model_spec("cutie-small")
+    config = spec.config_type(**CUTIE)
+    network = build_network("cutie-small", seeded_weights("cutie-small"))
+
+    def backend():
+        return ReusedOutputBuffers(TorchBackend(spec.family, network, config.export_settings(), "cpu"))
+
+    clips = {"a": _synthetic(5), "b": _long(5)}  # one frame size: the same buffers
+    independent = {stream: [] for stream in clips}
+    for stream, clip in clips.items():
+        session = spec.family.new_session(backend(), config)
+        independent[stream] = [session.step(*frame) for frame in clip]
+    batch, apart = BatchSession(spec.family, backend(), config), {stream: [] for stream in clips}
+    for t in range(5):
+        for stream, clip in clips.items():
+            apart[stream].append(batch.step({stream: clip[t]})[stream])
+    assert max(_max_dprob(apart, independent).values()) == 0
 
 
 # -- what shares a call ---------------------------------------------------------------------
