@@ -5,97 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import vosrt
 from fakes.backends import ArithmeticBackend, OneStreamPerCall, ReusedOutputBuffers
-from helpers import DAVIS, SYNTHETIC_LONG, synthetic_frame, synthetic_mask
-from vosrt import io
+from stream_clips import long_clip, max_dprob_per_stream, run_batched, run_independent, shapes_clip, stream_schedule
 from vosrt.api import build_network
-from vosrt.pipeline import _read_mask
 from vosrt.runtime.backends.torch import TorchBackend
 from vosrt.runtime.batch import BatchSession
 from vosrt.runtime.batching import StageBatcher
 from vosrt.runtime.registry import model_spec
 from vosrt.runtime.stages import StageSpec, TensorSpec
 
-Clip = list[tuple[np.ndarray, np.ndarray | None, list[int] | None]]
-
-
-def _synthetic(frames: int) -> Clip:
-    """synthetic-shapes: objects 1 and 2 from frame 0, object 3 joining on frame 5 (its mask holds only it)."""
-    masks = {0: (synthetic_mask(0), [1, 2]), 5: (synthetic_mask(15), [3])}
-    return [(synthetic_frame(i), *masks.get(i, (None, None))) for i in range(frames)]
-
-
-def _long(frames: int) -> Clip:
-    """synthetic-long (the size of synthetic-shapes, so their calls are shared): objects 1 and 2 from
-    frame 0, object 3 joining on frame 3 (the true label maps)."""
-    def truth(i: int, objects: list[int]) -> np.ndarray:
-        labels = np.asarray(Image.open(SYNTHETIC_LONG / "truth" / f"{i:05d}.png")).astype(np.int64)
-        return np.where(np.isin(labels, objects), labels, 0)
-
-    masks = {0: (truth(0, [1, 2]), [1, 2]), 3: (truth(3, [3]), [3])}
-    return [(np.asarray(Image.open(SYNTHETIC_LONG / "images" / f"{i:05d}.png").convert("RGB")),
-             *masks.get(i, (None, None))) for i in range(frames)]
-
-
-def _davis(name: str, frames: int) -> Clip:
-    """A DAVIS example: judo's objects join on frames 0, 5, 8 and 13; bike has 4 frames."""
-    masks = {p.stem: p for p in (DAVIS / "masks" / name).glob("*.png")}
-    clip = []
-    for path in io.list_frames(DAVIS / "images" / name)[:frames]:
-        image = io.read_rgb(path)
-        mask = _read_mask(masks[path.stem], image.shape[:2], lambda _: None)[0] if path.stem in masks else None
-        clip.append((image, mask, None if mask is None else [int(v) for v in np.unique(mask) if v]))
-    return clip
-
-
-def _schedule(streams: int, frames: int) -> dict[str, tuple[int, Clip]]:
-    """``streams`` streams -> {stream: (the batch step it joins on, its clip)}: different clips and
-    frame sizes, joining on different steps, objects joining later, and bike ending after 4 frames."""
-    plan = {"shapes": (0, _synthetic(frames)), "judo": (1, _davis("judo", frames)),
-            "long": (2, _long(frames)), "bike": (0, _davis("bike", frames))}
-    return dict(list(plan.items())[:streams])
-
-
-def _independent(load, schedule) -> dict[str, list[np.ndarray]]:
-    """Each stream's probabilities from its own session (the last frame with ``end=True``)."""
-    outputs = {}
-    for stream, (_, clip) in schedule.items():
-        session = load()
-        outputs[stream] = [session.step(image, mask, objects, end=i == len(clip) - 1)
-                           for i, (image, mask, objects) in enumerate(clip)]
-    return outputs
-
-
-def _batched(batch, schedule) -> dict[str, list[np.ndarray]]:
-    outputs = {stream: [] for stream in schedule}
-    steps = max(start + len(clip) for start, clip in schedule.values())
-    for t in range(steps):
-        frames = {stream: clip[t - start] for stream, (start, clip) in schedule.items()
-                  if 0 <= t - start < len(clip)}
-        ending = [stream for stream, (start, clip) in schedule.items() if t - start == len(clip) - 1]
-        for stream, prob in batch.step(frames, last=ending).items():
-            outputs[stream].append(prob)
-        for stream in ending:
-            batch.end(stream)
-    assert batch.streams == []
-    return outputs
-
-
-def _max_dprob(batched, independent) -> dict[str, float]:
-    for stream in independent:
-        assert [p.shape for p in batched[stream]] == [p.shape for p in independent[stream]]
-    return {stream: max(float(np.abs(b - i).max()) for b, i in zip(batched[stream], independent[stream]))
-            for stream in independent}
-
 
 def _check_parity(model, weights, backend, export_dir, streams, frames, max_dprob, **options):
     kwargs = dict(weights=weights, backend=backend, export_dir=export_dir, **options)
-    schedule = _schedule(streams, frames)
-    independent = _independent(lambda: vosrt.load(model, **kwargs), schedule)
-    worst = _max_dprob(_batched(vosrt.load_batch(model, **kwargs), schedule), independent)
+    schedule = stream_schedule(streams, frames)
+    independent = run_independent(lambda: vosrt.load(model, **kwargs), schedule)
+    worst = max_dprob_per_stream(run_batched(vosrt.load_batch(model, **kwargs), schedule), independent)
     print(f"{model} {backend} {streams} streams: max |dprob| per stream {worst}")
     assert max(worst.values()) <= max_dprob, worst
 
@@ -106,9 +32,9 @@ def _check_exact(model, weights, streams, frames, **options):
     spec = model_spec(model)
     config = spec.config_type(**options)
     backend = OneStreamPerCall(TorchBackend(spec.family, build_network(model, weights), config.export_settings(), "cpu"))
-    schedule = _schedule(streams, frames)
-    independent = _independent(lambda: spec.family.new_session(backend, config), schedule)
-    worst = _max_dprob(_batched(BatchSession(spec.family, backend, config), schedule), independent)
+    schedule = stream_schedule(streams, frames)
+    independent = run_independent(lambda: spec.family.new_session(backend, config), schedule)
+    worst = max_dprob_per_stream(run_batched(BatchSession(spec.family, backend, config), schedule), independent)
     print(f"{model} stream by stream, {streams} streams: max |dprob| per stream {worst}")
     assert max(worst.values()) == 0, worst
 
@@ -166,7 +92,7 @@ def test_streams_stepped_apart_keep_their_state_on_backends_that_reuse_output_bu
     def backend():
         return ReusedOutputBuffers(TorchBackend(spec.family, network, config.export_settings(), "cpu"))
 
-    clips = {"a": _synthetic(5), "b": _long(5)}  # one frame size: the same buffers
+    clips = {"a": shapes_clip(5), "b": long_clip(5)}  # one frame size: the same buffers
     independent = {stream: [] for stream in clips}
     for stream, clip in clips.items():
         session = spec.family.new_session(backend(), config)
@@ -175,7 +101,7 @@ def test_streams_stepped_apart_keep_their_state_on_backends_that_reuse_output_bu
     for t in range(5):
         for stream, clip in clips.items():
             apart[stream].append(batch.step({stream: clip[t]})[stream])
-    assert max(_max_dprob(apart, independent).values()) == 0
+    assert max(max_dprob_per_stream(apart, independent).values()) == 0
 
 
 # -- what shares a call ---------------------------------------------------------------------
@@ -197,7 +123,7 @@ class _Recording:
 
 def test_one_call_per_stage_for_streams_of_one_size(seeded_weights):
     batch = vosrt.load_batch("cutie-small", weights=seeded_weights("cutie-small"), **CUTIE)
-    frames = _synthetic(3)
+    frames = shapes_clip(3)
     cropped = [(image[:224], None if mask is None else mask[:224], objects) for image, mask, objects in frames]
     batch.step({s: frames[0] for s in "abc"})
     calls = _Recording(batch).calls
@@ -216,7 +142,7 @@ def test_one_call_per_stage_for_streams_of_one_size(seeded_weights):
 def test_max_streams_splits_calls(seeded_weights):
     session = vosrt.load("cutie-small", weights=seeded_weights("cutie-small"), **CUTIE)
     batch = BatchSession(model_spec("cutie-small").family, session.backend, session.config, max_streams=2)
-    frames = _synthetic(2)
+    frames = shapes_clip(2)
     batch.step({s: frames[0] for s in "abcde"})
     calls = _Recording(batch).calls
     batch.step({s: frames[1] for s in "abcde"})
@@ -232,7 +158,7 @@ def batch(seeded_weights):
 
 
 def test_a_bad_frame_leaves_every_stream_as_it_was(batch):
-    frames = _synthetic(2)
+    frames = shapes_clip(2)
     batch.step({"a": frames[0]})
     with pytest.raises(ValueError, match="stream 'b': the first frame needs a mask"):
         batch.step({"a": frames[1][0], "b": frames[1][0]})
@@ -246,7 +172,7 @@ def test_a_bad_frame_leaves_every_stream_as_it_was(batch):
 
 
 def test_streams_join_leave_and_change_objects(batch):
-    frames = _synthetic(7)
+    frames = shapes_clip(7)
     batch.step({"a": frames[0]})
     batch.step({"a": frames[1][0], "b": frames[0]})
     assert batch.streams == ["a", "b"] and batch.object_ids("b") == [1, 2]
@@ -261,7 +187,7 @@ def test_streams_join_leave_and_change_objects(batch):
 
 
 def test_tensor_output_is_the_numpy_output_on_the_device(seeded_weights):
-    frames = _synthetic(3)
+    frames = shapes_clip(3)
     sessions = [vosrt.load("cutie-small", weights=seeded_weights("cutie-small"), **CUTIE) for _ in range(2)]
     for i, (image, mask, objects) in enumerate(frames):
         expected = sessions[0].step(image, mask, objects)
