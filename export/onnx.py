@@ -28,6 +28,7 @@ from .opset import DEFAULT_OPSET, check_opset
 
 EXPORT_SIZE = (128, 192)  # any multiple of 16 works: H and W are dynamic axes
 EXPORT_OBJECTS = 2
+EXPORT_STREAMS = 2  # not 1: the tracer would take a stream axis of 1 for a constant
 
 
 class StageModule(nn.Module):
@@ -74,7 +75,7 @@ def export_onnx(network: nn.Module, model: str, output: str | Path, *, config: S
     output = Path(output)
     architecture = family.architecture(network)
     sizes = family.example_sizes(architecture, *EXPORT_SIZE, EXPORT_OBJECTS,
-                                 family.memory_frames(config.max_mem_frames))
+                                 family.memory_frames(config.max_mem_frames), EXPORT_STREAMS)
     modules = stage_modules(family, network, settings, "custom_ops" if custom_ops else "graph")
     with artifacts.staged_directory(output) as staging:
         graphs, used_ops = {}, set()

@@ -12,6 +12,7 @@ from vosrt.runtime.stages import frame_sizes
 TIMING_CACHE = "timing.cache"
 DEFAULT_RESOLUTION = (480, 854)
 DEFAULT_MAX_OBJECTS = 4
+DEFAULT_MAX_STREAMS = 1
 WORKSPACE_MIB = 4096  # builder scratch memory on a workstation GPU
 SMALL_WORKSPACE_MIB = 1024  # on Jetson and for DLA builds (shared, smaller memory)
 
@@ -23,17 +24,21 @@ def is_jetson() -> bool:
 
 @dataclass(frozen=True)
 class EngineProfile:
-    """What the engines accept: 1..``max_objects`` objects per graph call, frames of
-    ``resolution`` (H, W, padded to multiples of 16 here) and the memory of sessions with up to
-    ``max_mem_frames`` (None: the ONNX export's ``max_mem_frames``) per bucket."""
+    """What the engines accept: 1..``max_objects`` objects per stream, frames of ``resolution``
+    (H, W, padded to multiples of 16 here), the memory of sessions with up to ``max_mem_frames``
+    (None: the ONNX export's ``max_mem_frames``) per bucket, and 1..``max_streams`` streams per
+    call (:func:`vosrt.load_batch`; the stream axes ``B`` and ``BK`` of :mod:`vosrt.runtime.stages`)."""
 
     max_objects: int = DEFAULT_MAX_OBJECTS
     resolution: tuple[int, int] = DEFAULT_RESOLUTION
     max_mem_frames: int | None = None
+    max_streams: int = DEFAULT_MAX_STREAMS
 
     def __post_init__(self) -> None:
         if self.max_objects < 1:
             raise ValueError(f"--max-objects must be >= 1, got {self.max_objects}")
+        if self.max_streams < 1:
+            raise ValueError(f"--max-streams must be >= 1, got {self.max_streams}")
         if len(self.resolution) != 2 or min(self.resolution) < 16:
             raise ValueError(f"--resolution must be HxW with both sides >= 16, got {self.resolution}")
         if self.max_mem_frames is not None and self.max_mem_frames < 1:
@@ -48,14 +53,15 @@ class EngineProfile:
     def input_shapes(self, onnx_manifest: dict, static: bool = False) -> dict[str, dict[str, dict[str, list[int]]]]:
         """``{stage: {input: {"min"|"opt"|"max": shape}}}`` for an export's stages.
 
-        min: one object, one memory frame; opt and max: ``max_objects`` objects and a full
-        memory (the family's ``memory_frames``). The image size is fixed, so TensorRT tunes for
-        exactly the frames it will see. ``static``: min = opt = max, the only profile DLA takes.
+        min: one stream, one object, one memory frame; opt and max: ``max_streams`` streams of
+        ``max_objects`` objects and a full memory (the family's ``memory_frames``). The image size
+        is fixed, so TensorRT tunes for exactly the frames it will see. ``static``: min = opt = max,
+        the only profile DLA takes.
         """
         family = MODELS[onnx_manifest["model"]].family
         frames = family.memory_frames(self.for_export(onnx_manifest).max_mem_frames)
         fixed = family.sizes(onnx_manifest["architecture"])
-        full = frame_sizes(*self.resolution, self.max_objects, frames) | fixed
+        full = frame_sizes(*self.resolution, self.max_objects, frames, self.max_streams) | fixed
         corners = {"min": full if static else frame_sizes(*self.resolution, 1, 1) | fixed, "opt": full, "max": full}
         return {name: {tensor.name: {corner: tensor.resolve(sizes) for corner, sizes in corners.items()}
                        for tensor in stage.inputs}

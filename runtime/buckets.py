@@ -3,6 +3,8 @@ the same frame share a bucket (the same memory frames); each model's store says 
 holds. This module holds the bookkeeping they share."""
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from typing import Generic, TypeVar
 
 import torch
@@ -10,12 +12,23 @@ import torch
 
 class Bucket:
     """A bucket's objects. Subclasses keep per-object buffers in ``object_ids`` order and say
-    which ones they are (``per_object``: attribute name -> the object axis)."""
+    which ones they are (``per_object``: attribute name -> the object axis), and a ``valid`` mask
+    whose last axis is the bucket's memory tokens."""
 
     per_object: dict[str, int] = {}
+    valid: torch.Tensor
 
     def __init__(self, object_ids: list[int]):
         self.object_ids = list(object_ids)
+
+    @property
+    def capacity(self) -> int:
+        """Memory tokens of the bucket's buffers."""
+        return self.valid.shape[-1]
+
+    def tokens_to_read(self, at_least: int) -> slice:
+        """The tokens in use, extended over empty ones to ``at_least`` where the buffers have them."""
+        raise NotImplementedError
 
     def keep_objects(self, keep: list[int]) -> None:
         """Keep the objects at positions ``keep`` (in order) in ``object_ids`` and every per-object buffer."""
@@ -27,6 +40,44 @@ class Bucket:
 
 
 B = TypeVar("B", bound=Bucket)
+
+
+def shared_reads(reads: Sequence[tuple[Hashable, Bucket, Hashable]], top_k: int, whole: bool) -> list[slice]:
+    """The tokens each read of a bucket's memory takes: ``reads`` are (stream, bucket, kind of read).
+
+    ``whole``: every bucket's whole buffers (fixed shapes). Otherwise :meth:`Bucket.tokens_to_read`,
+    extended over empty tokens to the longest of the reads that can share a backend call: those of
+    the same kind, of buffers of the same size, and the same rank among their stream's such reads
+    (one read per stream and call). A stream's only read of its kind takes the tokens it takes alone.
+    """
+    if whole:
+        return [slice(0, bucket.capacity) for _, bucket, _ in reads]
+    rank, keys = Counter(), []
+    for stream, bucket, kind in reads:
+        rank[stream, kind, bucket.capacity] += 1
+        keys.append((kind, bucket.capacity, rank[stream, kind, bucket.capacity]))
+    alone = [bucket.tokens_to_read(top_k) for _, bucket, _ in reads]
+    longest = Counter()
+    for key, tokens in zip(keys, alone):
+        longest[key] = max(longest[key], tokens.stop - tokens.start)
+    return [tokens if tokens.stop - tokens.start == longest[key] else bucket.tokens_to_read(longest[key])
+            for key, tokens, (_, bucket, _) in zip(keys, alone, reads)]
+
+
+def select_rows(tensor: torch.Tensor, rows: list[int], dim: int) -> torch.Tensor:
+    """The entries ``rows`` of ``tensor`` along ``dim``: a view when they are consecutive (as the
+    objects of a bucket are), so that no index is copied to the device and nothing waits for it."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return tensor.narrow(dim, rows[0], len(rows))
+    return tensor.index_select(dim, torch.tensor(rows, device=tensor.device))
+
+
+def write_rows(tensor: torch.Tensor, rows: list[int], dim: int, values: torch.Tensor) -> None:
+    """``tensor``'s entries ``rows`` along ``dim`` = ``values`` (in place; see :func:`select_rows`)."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        tensor.narrow(dim, rows[0], len(rows)).copy_(values)
+    else:
+        tensor.index_copy_(dim, torch.tensor(rows, device=tensor.device), values.to(tensor.dtype))
 
 
 class BucketStore(Generic[B]):

@@ -89,9 +89,9 @@ class ModelFamily(ABC):
         """ValueError for export settings the export does not handle."""
 
     def example_sizes(self, architecture: Mapping[str, Any], height: int, width: int, objects: int,
-                      memory_frames: int) -> dict[str, int]:
+                      memory_frames: int, streams: int = 1) -> dict[str, int]:
         """Every symbol's value for a call at that size (:func:`~vosrt.runtime.stages.frame_sizes`)."""
-        return frame_sizes(height, width, objects, memory_frames) | self.sizes(architecture)
+        return frame_sizes(height, width, objects, memory_frames, streams) | self.sizes(architecture)
 
 
 def stage_method(network: nn.Module, stage: StageSpec, options: Mapping[str, Any]):

@@ -4,13 +4,20 @@
 ``InferenceCore``): validate and prepare the frame, decide whether it is a memory frame
 (every ``mem_every`` frames and every frame with a mask, never the last one), run the
 model's step, and return the probabilities at the frame's size with the objects in id order.
-A model's session implements ``_step`` (and the memory it keeps).
+A model's session implements ``_step_streams`` (and the memory it keeps): the step of several
+sessions on one backend at once (:mod:`.batch`), each stage run once for all of them where
+their shapes allow (:class:`~.batching.StageBatcher`); a session of one video steps alone.
+
+Outputs: ``output="numpy"`` (the default) copies the probabilities to the host;
+``output="tensor"`` returns them as a tensor on the session's device without waiting for the
+device, so a caller can queue the next frame's work while this one runs.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,23 +26,27 @@ import torch
 from vosrt.models.common import aggregate
 
 from .backends.base import Backend
+from .batching import StageBatcher
 from .config import SessionConfig
 from .objects import ObjectManager
 from .geometry import STRIDE, FrameGeometry
 from .preprocess import prepare_image, prepare_mask, restore
 
+OUTPUTS = ("numpy", "tensor")
+
 
 @dataclass(frozen=True)
 class Frame:
     """One prepared frame: ``image`` ``[1, 3, H', W']`` (padded network input), ``labels``
-    ``[H', W']`` int64 and the ``objects`` they give, or None without a mask; ``memorise``:
-    whether it enters memory; ``since_memory``: frames since the last memory frame; ``last``:
-    the video's last frame."""
+    ``[H', W']`` int64 and the ``objects`` they give, or None without a mask; ``index``: its
+    frame number in the video; ``memorise``: whether it enters memory; ``since_memory``: frames
+    since the last memory frame; ``last``: the video's last frame."""
 
     image: torch.Tensor
     geometry: FrameGeometry
     labels: torch.Tensor | None
     objects: list[int] | None
+    index: int
     memorise: bool
     since_memory: int
     last: bool
@@ -68,14 +79,20 @@ class Session(ABC):
         """Ids of the tracked objects, sorted: channel i + 1 of ``step``'s output is ``object_ids[i]``."""
         return self.objects.sorted_ids
 
-    def to_mask(self, prob: np.ndarray) -> np.ndarray:
-        """``step`` output -> ``HxW`` uint8 label map (argmax, then channel -> object id)."""
-        lut = np.array([0, *self.object_ids], dtype=np.uint8)
-        return lut[np.argmax(prob, axis=0)]
+    def to_mask(self, prob: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """``step`` output -> ``HxW`` uint8 label map (argmax, then channel -> object id): numpy for
+        numpy, a tensor on the same device for a tensor (without waiting for the device)."""
+        if isinstance(prob, np.ndarray):
+            return np.array([0, *self.object_ids], dtype=np.uint8)[np.argmax(prob, axis=0)]
+        channel = prob.argmax(dim=0)
+        labels = torch.zeros(channel.shape, dtype=torch.uint8, device=channel.device)
+        for index, obj in enumerate(self.object_ids, start=1):  # scalars: no host-to-device copy
+            labels.masked_fill_(channel == index, obj)
+        return labels
 
     @torch.inference_mode()
     def step(self, image: np.ndarray, mask: np.ndarray | None = None, objects: list[int] | None = None,
-             *, end: bool = False) -> np.ndarray:
+             *, end: bool = False, output: str = "numpy") -> np.ndarray | torch.Tensor:
         """Process one frame.
 
         image: ``HxWx3`` RGB, uint8 or float in [0, 1] (other dtypes, NaN/Inf and floats outside
@@ -84,17 +101,17 @@ class Session(ABC):
         code aligns it, with a warning (:func:`vosrt.runtime.geometry.check_mask_size`);
         ``objects``: the labels it gives (default: every label in it);
         objects already tracked but absent from ``objects`` keep being propagated. ``end``:
-        the last frame of the video (nothing is memorised).
+        the last frame of the video (nothing is memorised). ``output``: ``"numpy"`` or
+        ``"tensor"`` (on the session's device, not synchronised; see the module docstring).
         Returns float32 ``[num_objects + 1, H, W]``: background, then objects in id order.
         With ``amp`` the whole step runs under fp16 autocast (the official AMP); the networks
         keep their official fp32 regions inside it.
         """
+        check_output(output)
         frame = self._prepare(image, mask, objects, end)
-        with torch.autocast(self.backend.device.type, dtype=torch.float16) if self.amp else contextlib.nullcontext():
-            prob = self._step(frame)
-        if frame.memorise:
-            self._last_memory_index = self.frame_index
-        return self._output(prob, frame.geometry)
+        self._begin(frame)
+        [prob] = step_sessions([(self, frame)], StageBatcher(self.backend))
+        return self._finish(frame, prob, output)
 
     @torch.inference_mode()
     def remove_objects(self, object_ids: list[int]) -> None:
@@ -112,9 +129,12 @@ class Session(ABC):
     def _has_memory(self) -> bool:
         """Whether anything is in memory to propagate from."""
 
+    @classmethod
     @abstractmethod
-    def _step(self, frame: Frame) -> torch.Tensor:
-        """Segment ``frame`` and update the memory -> ``[K + 1, H', W']`` probabilities in memory order."""
+    def _step_streams(cls, steps: Sequence[tuple["Session", Frame]], batcher: StageBatcher) -> list[torch.Tensor]:
+        """Segment each session's frame and update its memory -> per session ``[K + 1, H', W']``
+        probabilities in memory order. The sessions share one backend and config; each stage
+        runs through ``batcher``, so sessions whose shapes agree share its calls."""
 
     @abstractmethod
     def _memory_tokens(self, frame_tokens: int) -> int:
@@ -127,22 +147,32 @@ class Session(ABC):
     # -- shared steps ---------------------------------------------------------------------
 
     def _prepare(self, image: np.ndarray, mask: np.ndarray | None, objects: list[int] | None, end: bool) -> Frame:
-        """Validate and convert a frame; advances the frame counter. The frame size must stay the
-        same within a video, and a frame without a mask needs memory to be propagated from."""
+        """Validate and convert a frame (changes nothing: :meth:`_begin` does). The frame size must
+        stay the same within a video, and a frame without a mask needs memory to be propagated from."""
         image_t, geometry = prepare_image(image, self.config.max_internal_size, self.backend.device)
         if self._geometry is None:
             self._check_memory_fits(geometry)
-            self._geometry = geometry
         elif geometry != self._geometry:
             raise ValueError(f"frame size changed from {self._geometry.size} to {geometry.size} within a video; "
                              "call reset() before starting another video")
         labels, objects = (None, None) if mask is None else prepare_mask(mask, objects, geometry, self.backend.device)
         if labels is None and not self._has_memory:
             raise ValueError("the first frame needs a mask: pass step(image, mask) with the objects to track")
-        self.frame_index += 1
-        since_memory = self.frame_index - self._last_memory_index
+        index = self.frame_index + 1
+        since_memory = index - self._last_memory_index
         memorise = (since_memory >= self.config.mem_every or labels is not None) and not end
-        return Frame(image_t, geometry, labels, objects, memorise, since_memory, end)
+        return Frame(image_t, geometry, labels, objects, index, memorise, since_memory, end)
+
+    def _begin(self, frame: Frame) -> None:
+        """Count ``frame`` as this video's next frame."""
+        self._geometry = frame.geometry
+        self.frame_index = frame.index
+
+    def _finish(self, frame: Frame, prob: torch.Tensor, output: str) -> np.ndarray | torch.Tensor:
+        """After the step: the memory-frame counter, and the output of ``prob`` (see :meth:`_output`)."""
+        if frame.memorise:
+            self._last_memory_index = frame.index
+        return self._output(prob, frame.geometry, output)
 
     def _check_memory_fits(self, geometry: FrameGeometry) -> None:
         """ValueError, before anything runs, when the dense memory readout of frames of this size
@@ -175,10 +205,27 @@ class Session(ABC):
         masks = torch.cat([known, torch.stack(added)]) if added else known
         return torch.softmax(aggregate(masks, dim=0), dim=0)
 
-    def _output(self, prob: torch.Tensor, geometry: FrameGeometry) -> np.ndarray:
-        """Network-size ``[K + 1, H', W']`` in memory order -> frame-size float32 numpy in id order."""
+    def _output(self, prob: torch.Tensor, geometry: FrameGeometry, output: str) -> np.ndarray | torch.Tensor:
+        """Network-size ``[K + 1, H', W']`` in memory order -> frame-size float32 in id order, numpy
+        or a new tensor on the device (never a view of a backend's reused output buffer)."""
         prob = restore(prob, geometry)
-        return prob[self.objects.output_order()].float().cpu().numpy()
+        prob = torch.stack([prob[channel] for channel in self.objects.output_order()]).float()
+        return prob if output == "tensor" else prob.cpu().numpy()
+
+
+def check_output(output: str) -> None:
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, got {output!r}")
+
+
+def step_sessions(steps: Sequence[tuple[Session, Frame]], batcher: StageBatcher) -> list[torch.Tensor]:
+    """Run the prepared frames of sessions of one model on one backend (:meth:`Session._step_streams`),
+    under fp16 autocast with ``amp``."""
+    session = steps[0][0]
+    autocast = (torch.autocast(session.backend.device.type, dtype=torch.float16) if session.amp
+                else contextlib.nullcontext())
+    with autocast:
+        return type(session)._step_streams(steps, batcher)
 
 
 def _readout_bytes(memory_tokens, geometry: FrameGeometry) -> int:

@@ -9,9 +9,13 @@ the ONNX Runtime and TensorRT bindings, the TensorRT profiles, the CUDA-graph ke
 Shapes are tuples of integers and symbols. Dynamic symbols (:data:`DYNAMIC`) vary with the
 video: ``H x W`` padded frame (multiple of 16), ``h x w`` its stride-16 grid (``hw`` tokens),
 ``h8 x w8`` and ``h4 x w4`` the stride-8/4 grids, ``K`` objects (``K+1`` with the background),
-``N``/``M`` memory tokens (Cutie / JointFormer). Every other symbol is fixed by the network
-architecture (channel counts, blocks, heads) and resolved by the model family. No torch
-import: the command line reads this module.
+``N``/``M`` memory tokens (Cutie / JointFormer). The *stream axes* (:data:`STREAM_AXES`) let one
+call serve several videos (:mod:`.batch`): ``B`` streams, one row each (1 for a session of one
+video), and ``BK`` their objects, stream after stream (where a stage also has a ``B`` axis every
+stream has the same ``K`` objects and ``BK = B x K``; otherwise the rows are independent and a
+stream may give any number). Every other symbol is fixed by the network architecture (channel
+counts, blocks, heads) and resolved by the model family. No torch import: the command line
+reads this module.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 from typing import Mapping, Union
 
 Dim = Union[int, str]
-DYNAMIC = frozenset({"H", "W", "h", "w", "hw", "h8", "w8", "h4", "w4", "K", "K+1", "N", "M"})
+STREAM_AXES = ("B", "BK")
+DYNAMIC = frozenset({"H", "W", "h", "w", "hw", "h8", "w8", "h4", "w4", "K", "K+1", "N", "M", *STREAM_AXES})
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,11 @@ class TensorSpec:
 
     def dynamic_axes(self) -> dict[int, str]:
         return {axis: dim for axis, dim in enumerate(self.shape) if dim in DYNAMIC}
+
+    @property
+    def stream_axis(self) -> int | None:
+        """The axis that carries the streams of a call (``B`` or ``BK``), or None."""
+        return next((axis for axis, dim in enumerate(self.shape) if dim in STREAM_AXES), None)
 
     def resolve(self, sizes: Mapping[str, int]) -> list[int]:
         """The concrete shape for ``sizes`` (every symbol of the shape -> its value)."""
@@ -75,13 +85,14 @@ class StageSpec:
         return {t.name: axes for t in (*self.inputs, *self.outputs) if (axes := t.dynamic_axes())}
 
 
-def frame_sizes(height: int, width: int, objects: int, memory_frames: int) -> dict[str, int]:
+def frame_sizes(height: int, width: int, objects: int, memory_frames: int, streams: int = 1) -> dict[str, int]:
     """Values of the dynamic symbols for a padded ``height x width`` frame (multiples of 16),
-    ``objects`` objects and a memory of ``memory_frames`` frames of ``hw`` tokens."""
+    ``objects`` objects per stream, a memory of ``memory_frames`` frames of ``hw`` tokens and
+    ``streams`` streams in a call."""
     h, w = height // 16, width // 16
     return {"H": height, "W": width, "h": h, "w": w, "hw": h * w, "h8": 2 * h, "w8": 2 * w, "h4": 4 * h,
             "w4": 4 * w, "K": objects, "K+1": objects + 1, "N": memory_frames * h * w, "M": memory_frames * h * w,
-            "frames": memory_frames}
+            "B": streams, "BK": streams * objects, "frames": memory_frames}
 
 
 def example_inputs(stage: StageSpec, sizes: Mapping[str, int], seed: int = 0) -> tuple:

@@ -836,7 +836,7 @@ def _hidden_staging(ws) -> Callable[[], bool]:
 @cases("18.8", [("sigterm-during-segment", (signal.SIGTERM,)), ("sigint-during-segment", (signal.SIGINT,))],
        slow=True)
 def _(ws, signum):
-    images, masks = ws.clip(frames=30, size=(96, 128))
+    images, masks = ws.clip(frames=120, size=(96, 128))  # long enough that the signal lands mid-run on a busy machine
     outcome = ws.subprocess_cli(*segment_argv(ws, images, masks, "--output", "out", "--overlay", "o.mp4"),
                                 send=signum, when=lambda: ws.path("o.mp4").exists() or _hidden_staging(ws)())
     ws.expect(outcome.code in (130, 143), "other", f"exit status {outcome.code}: {outcome.error[-200:]!r}")

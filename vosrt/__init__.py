@@ -4,6 +4,8 @@
 >>> session = vosrt.load("cutie-small", weights="cutie-small-mega.pth")
 >>> prob = session.step(image, mask)          # first frame with its label map
 >>> labels = session.to_mask(session.step(next_image))
+>>> batch = vosrt.load_batch("cutie-small", weights="cutie-small-mega.pth")   # several videos at once
+>>> probs = batch.step({"cam0": (image0, mask0), "cam1": (image1, mask1)})
 
 ``import vosrt`` is cheap: torch and the models are imported when ``vosrt.load`` is first used.
 """
@@ -12,12 +14,12 @@ from __future__ import annotations
 from importlib import metadata
 
 __version__ = metadata.version("vosrt")
-__all__ = ["load", "__version__"]
+__all__ = ["load", "load_batch", "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "load":
-        from vosrt.api import load
+    if name in ("load", "load_batch"):
+        from vosrt import api
 
-        return load
+        return getattr(api, name)
     raise AttributeError(f"module 'vosrt' has no attribute {name!r}")

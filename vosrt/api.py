@@ -1,7 +1,9 @@
-"""``vosrt.load``: one entry point for every model and backend."""
+"""``vosrt.load`` (one video) and ``vosrt.load_batch`` (several at once): one entry point for every
+model and backend."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -13,6 +15,9 @@ from vosrt.runtime.backends.base import Backend
 from vosrt.runtime.config import SessionConfig
 from vosrt.runtime.registry import ModelSpec, model_spec
 from vosrt.runtime.session import Session
+
+if TYPE_CHECKING:
+    from vosrt.runtime.batch import BatchSession
 
 
 def build_network(name: str, weights: str | Path | None = None) -> nn.Module:
@@ -44,17 +49,47 @@ def load(name: str, weights: str | Path | None = None, *, backend: str | None = 
     export_dir: onnxruntime: a directory written by ``export-engine --format onnx`` (None:
     the graphs are exported once into the cache); tensorrt (required): a directory written by
     ``export-engine`` (ONNX graphs with engines in ``tensorrt/``) or its engine directory.
-    check_files: compare every file of ``export_dir`` with the sha256 its manifest records
-    (False for graphs edited on purpose).
     fp16: torch (Cutie, CUDA): fp16 autocast in every stage, fp32 where the official code keeps it;
     onnxruntime: fp16 graphs; tensorrt: asserts the engines are fp16 (they fix the precision).
     amp (torch, CUDA): the official AMP, the whole step under autocast (eager baseline).
     cuda_graph (torch or tensorrt, CUDA): replay each stage as a CUDA graph per input shapes.
+    check_files: compare every file of ``export_dir`` with the sha256 its manifest records
+    (False for graphs edited on purpose).
     options: the fields of the model's settings (``model_spec(name).config_type``): ``mem_every``,
     ``max_mem_frames``, ``top_k``, ``max_internal_size`` for every model; Cutie's
     ``stagger_updates``, ``chunk_size``, ``use_long_term`` and ``long_term_*``; JointFormer's
     ``include_last``, ``topk_range``, ``topk_block``, ``topk_clstoken``.
     """
+    spec, config, runner = _backend(name, weights, backend, device, export_dir, fp16, amp, cuda_graph, check_files,
+                                    options)
+    return spec.family.new_session(runner, config, amp=amp)
+
+
+def load_batch(name: str, weights: str | Path | None = None, *, backend: str | None = None, device: str = "cpu",
+               export_dir: str | Path | None = None, fp16: bool = False, amp: bool = False, cuda_graph: bool = False,
+               check_files: bool = True, **options) -> BatchSession:
+    """Create a session for several videos at once (:class:`~vosrt.runtime.batch.BatchSession`):
+    ``batch.step({stream: frame})`` runs each stage once for all streams where their shapes allow.
+    Arguments as in :func:`load`. TensorRT engines take at most the ``--max-streams`` of their
+    profile in one call."""
+    from vosrt.runtime.batch import BatchSession
+
+    spec, config, runner = _backend(name, weights, backend, device, export_dir, fp16, amp, cuda_graph, check_files,
+                                    options)
+    return BatchSession(spec.family, runner, config, amp=amp, max_streams=_max_streams(runner))
+
+
+def backend_for(export_dir: str | Path | None) -> str:
+    """The backend an export directory is for: ``tensorrt`` for an engine directory, else
+    ``onnxruntime``; ``torch`` without one."""
+    if export_dir is None:
+        return "torch"
+    return "tensorrt" if artifacts.is_engine_dir(export_dir) else "onnxruntime"
+
+
+def _backend(name: str, weights, backend: str | None, device: str, export_dir, fp16: bool, amp: bool,
+             cuda_graph: bool, check_files: bool, options: dict) -> tuple[ModelSpec, SessionConfig, Backend]:
+    """The model, its settings and the backend of :func:`load` and :func:`load_batch`."""
     backend = backend or backend_for(export_dir)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -72,15 +107,15 @@ def load(name: str, weights: str | Path | None = None, *, backend: str | None = 
         from vosrt.runtime.backends.cuda_graphs import CudaGraphBackend
 
         runner = CudaGraphBackend(runner)
-    return spec.family.new_session(runner, config, amp=amp)
+    return spec, config, runner
 
 
-def backend_for(export_dir: str | Path | None) -> str:
-    """The backend an export directory is for: ``tensorrt`` for an engine directory, else
-    ``onnxruntime``; ``torch`` without one."""
-    if export_dir is None:
-        return "torch"
-    return "tensorrt" if artifacts.is_engine_dir(export_dir) else "onnxruntime"
+def _max_streams(runner: Backend) -> int | None:
+    """Most streams per stage call: TensorRT engines' ``--max-streams``; any number elsewhere."""
+    manifest = getattr(getattr(runner, "inner", runner), "manifest", None)
+    if manifest is None or manifest["format"] != artifacts.ENGINE_FORMAT:
+        return None
+    return manifest["profile"]["max_streams"]
 
 
 def _check_gpu_options(spec: ModelSpec, backend: str, device: torch.device, fp16: bool, amp: bool,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -18,6 +18,7 @@ from vosrt.runtime import outputs
 from vosrt.runtime.geometry import check_mask_size
 
 if TYPE_CHECKING:
+    from vosrt.runtime.batch import BatchSession
     from vosrt.runtime.session import Session
 
 DEFAULT_FPS = 24.0
@@ -63,30 +64,15 @@ def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks
     Ctrl-C counts as success), complete and read back.
     """
     check_outputs(source, masks, output, overlay, overwrite)
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
-    if fps is not None and not fps > 0:
-        raise ValueError(f"--fps must be positive, got {fps}")
-    frames = iter(source)
-    first = next(frames)
-    mask_paths = io.mask_files(masks, first.name)
-    if first.name not in mask_paths:
-        raise ValueError(f"no mask for the first frame {first.name}: expected {first.name}.png in {masks}")
-    first_mask, palette = _read_mask(mask_paths[first.name], first.image.shape[:2])
+    video = _Video(source, masks, fps, max_frames)
     session = make_session()
-    total = source.length if max_frames is None else min(source.length or max_frames, max_frames)
-    frame_rate = source.fps or fps or DEFAULT_FPS
     written = _Written()
-    with _outputs(output, overlay, frame_rate, first.image.shape[:2], palette, written) as write, \
-            tqdm(total=total, unit="frame", desc="segment") as bar:
+    with _outputs(output, overlay, video.frame_rate, video.size, video.palette, written) as write, \
+            tqdm(total=video.total, unit="frame", desc="segment") as bar:
         start, count, stopped = time.perf_counter(), 0, False
         try:
-            stream = islice(chain([first], frames), max_frames)
-            # A file's last frame is known one frame ahead; a live stream is not held back for that.
-            flagged = _flag_last(stream) if source.length is not None else ((f, False) for f in stream)
-            for frame, last in flagged:
-                mask = first_mask if count == 0 else _mask_for(frame, mask_paths)
-                prob = session.step(frame.image, mask, end=last)
+            for frame, last in video:
+                prob = session.step(frame.image, video.mask(frame), end=last)
                 write(frame, session.to_mask(prob))
                 count += 1
                 bar.update()
@@ -97,6 +83,88 @@ def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks
             stopped = True  # Ctrl-C (or SIGTERM) is how a camera stream ends
     return SegmentResult(count, time.perf_counter() - start, Path(output) if output is not None else None,
                          Path(overlay) if overlay is not None else None, stopped, written.others)
+
+
+def segment_streams(make_batch: Callable[[], "BatchSession"], sources: Sequence[io.FrameSource],
+                    masks: Sequence[str | Path], *, outputs: Sequence[str | Path | None],
+                    overlays: Sequence[str | Path | None], fps: float | None = None, max_frames: int | None = None,
+                    overwrite: bool = False) -> list[SegmentResult]:
+    """Segment several sources together: each is a stream of ``make_batch()``
+    (:func:`vosrt.load_batch`), which takes a frame of every source still running per step. Each
+    source gets what :func:`segment` gives it (masks, outputs and frame rates per source, in the
+    order of ``sources``; the same output rules); a source that ends leaves the batch, the others
+    go on. Outputs appear only when the whole run succeeds (Ctrl-C ends it as it ends a camera in
+    :func:`segment`)."""
+    for source, mask, output, overlay in zip(sources, masks, outputs, overlays):
+        check_outputs(source, mask, output, overlay, overwrite)
+    videos = [_Video(source, mask, fps, max_frames) for source, mask in zip(sources, masks)]
+    batch = make_batch()
+    totals = [video.total for video in videos]
+    counts, written = [0] * len(videos), [_Written() for _ in videos]
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(_outputs(output, overlay, video.frame_rate, video.size, video.palette, record))
+                   for video, output, overlay, record in zip(videos, outputs, overlays, written)]
+        bar = stack.enter_context(tqdm(total=None if None in totals else sum(totals), unit="frame", desc="segment"))
+        start, stopped, running = time.perf_counter(), False, dict(enumerate(videos))
+        try:
+            while running:
+                frames = {stream: item for stream, video in running.items() if (item := next(video, None))}
+                for stream in [stream for stream in running if stream not in frames]:  # a live source that stopped
+                    batch.end(stream)
+                    del running[stream]
+                last = [stream for stream, (_, is_last) in frames.items() if is_last]
+                probs = batch.step({stream: (frame.image, running[stream].mask(frame))
+                                    for stream, (frame, _) in frames.items()}, last=last)
+                for stream, (frame, _) in frames.items():
+                    writers[stream](frame, batch.to_mask(stream, probs[stream]))
+                    counts[stream] += 1
+                for stream in last:
+                    batch.end(stream)
+                    del running[stream]
+                bar.update(len(frames))
+        except KeyboardInterrupt:
+            if any(source.length is not None for source in sources):
+                raise
+            stopped = True
+    seconds = time.perf_counter() - start
+    return [SegmentResult(count, seconds, Path(output) if output is not None else None,
+                          Path(overlay) if overlay is not None else None, stopped, record.others)
+            for count, output, overlay, record in zip(counts, outputs, overlays, written)]
+
+
+class _Video:
+    """A source's frames, each with whether it is the last (an iterator), and its masks. Opening
+    it reads the first frame and checks that frame's mask. ``fps``: the frame rate when the source
+    has none (positive); at most ``max_frames`` frames (at least 1)."""
+
+    def __init__(self, source: io.FrameSource, masks: str | Path, fps: float | None, max_frames: int | None):
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
+        if fps is not None and not fps > 0:
+            raise ValueError(f"--fps must be positive, got {fps}")
+        frames = iter(source)
+        first = next(frames)
+        self.mask_paths = io.mask_files(masks, first.name)
+        if first.name not in self.mask_paths:
+            raise ValueError(f"no mask for the first frame {first.name}: expected {first.name}.png in {masks}")
+        self._first_mask, self.palette = _read_mask(self.mask_paths[first.name], first.image.shape[:2])
+        self.size = first.image.shape[:2]
+        self.frame_rate = source.fps or fps or DEFAULT_FPS
+        self.total = source.length if max_frames is None else min(source.length or max_frames, max_frames)
+        stream = islice(chain([first], frames), max_frames)
+        # A file's last frame is known one frame ahead; a live stream is not held back for that.
+        self._frames = _flag_last(stream) if source.length is not None else ((f, False) for f in stream)
+
+    def __iter__(self) -> "_Video":
+        return self
+
+    def __next__(self) -> tuple[io.Frame, bool]:
+        return next(self._frames)
+
+    def mask(self, frame: io.Frame) -> np.ndarray | None:
+        """The label map given for ``frame`` (the first frame's on the first call), or None."""
+        mask, self._first_mask = self._first_mask, None
+        return mask if mask is not None else _mask_for(frame, self.mask_paths)
 
 
 def _mask_for(frame: io.Frame, mask_paths: dict[str, Path]) -> np.ndarray | None:

@@ -2,8 +2,9 @@
 16/8/4 -> mask logits, plus the multi-scale "fusion feature" that updates the object's
 compressed-memory token.
 
-Per-object maps are ``[K, C, H, W]`` (one row per object); the skip features f8/f4 depend
-only on the image and may be passed once (``[1, C, H, W]``): they broadcast over objects.
+Per-object maps are ``[BK, C, H, W]``: the K objects of each of B frames, frame after frame.
+The skip features f8/f4 depend only on the image and are passed once per frame
+(``[B, C, H, W]``): they broadcast over the frame's objects.
 """
 from __future__ import annotations
 
@@ -91,8 +92,10 @@ class UpsampleBlock(nn.Module):
         self.out_conv = ResBlock(up_dim, out_dim)
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """skip ``[B, C, 2h, 2w]``, up ``[BK, C', h, w]`` -> ``[BK, out_dim, 2h, 2w]``."""
         up = F.interpolate(up, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return self.out_conv(self.skip_conv(skip) + up)
+        skip = self.skip_conv(skip)
+        return self.out_conv((up.unflatten(0, (skip.shape[0], -1)) + skip[:, None]).flatten(0, 1))
 
 
 class FeatureFuser(nn.Module):
@@ -120,8 +123,8 @@ class Decoder(nn.Module):
 
     def forward(self, f16: torch.Tensor, enhanced_f16: torch.Tensor, f8: torch.Tensor,
                 f4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f16/enhanced_f16 ``[K, C16, h, w]``, f8 ``[1 or K, C8, 2h, 2w]``, f4 ``[1 or K, C4, 4h, 4w]``
-        -> (logits ``[K, 16h, 16w]``, fusion feature ``[K, 3 * hidden, h, w]``)."""
+        """f16/enhanced_f16 ``[BK, C16, h, w]``, f8 ``[B, C8, 2h, 2w]``, f4 ``[B, C4, 4h, 4w]``
+        -> (logits ``[BK, 16h, 16w]``, fusion feature ``[BK, 3 * hidden, h, w]``)."""
         g16 = self.fuser_16(f16, enhanced_f16)
         g8 = self.up_16_8(f8, g16)
         g4 = self.up_8_4(f4, g8)

@@ -4,7 +4,9 @@ Object Segmentation") as stateless stages.
 The module tree and parameter names match the official ``JointFormer`` network (multi-object
 mode), so official checkpoints load with ``strict=True``. Images enter as RGB in [0, 1] and
 are normalised inside. Shapes: H x W = padded image size (multiple of 16), h x w = H/16 x
-W/16, K = objects, L = 11 joint blocks, Hd = 12 heads of D = 64 channels.
+W/16, K = objects, L = 11 joint blocks, Hd = 12 heads of D = 64 channels, B = frames of
+several videos processed together (1 for one video); per-object rows ``BK`` hold the K objects
+of each frame, frame after frame.
 
 Stages (the runtime owns all state between them):
 
@@ -57,18 +59,19 @@ class JointFormer(nn.Module):
         return self.convmae.cls_token.expand(num_objects, -1, -1)
 
     def encode_query(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """image ``[1, 3, H, W]`` in [0, 1] -> f8 ``[1, 384, 2h, 2w]``, f4 ``[1, 256, 4h, 4w]``,
-        tokens ``[1, h*w, 768]``."""
+        """image ``[B, 3, H, W]`` in [0, 1] -> f8 ``[B, 384, 2h, 2w]``, f4 ``[B, 256, 4h, 4w]``,
+        tokens ``[B, h*w, 768]``."""
         f4, f8, tokens = self.convmae.conv_stem(self.normalize(image), self.convmae.patch_embed1_query)
         return f8, f4, tokens
 
     def encode_reference(self, image: torch.Tensor, masks: torch.Tensor, summary: torch.Tensor,
                          topk: TopKConfig = TopKConfig()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """image ``[1, 3, H, W]`` in [0, 1], masks ``[K, H, W]`` (probabilities), summary ``[K, 1, C]``
-        -> (cache keys, cache values ``[L, K, Hd, h*w, D]``, new summary ``[K, 1, C]``)."""
-        others = masks.sum(dim=0, keepdim=True) - masks
-        k = masks.shape[0]
-        x = torch.cat([self.normalize(image).expand(k, -1, -1, -1), masks[:, None], others[:, None]], dim=1)
+        """image ``[B, 3, H, W]`` in [0, 1], masks ``[B, K, H, W]`` (probabilities), summary ``[BK, 1, C]``
+        -> (cache keys, cache values ``[L, BK, Hd, h*w, D]``, new summary ``[BK, 1, C]``)."""
+        others = masks.sum(dim=1, keepdim=True) - masks
+        b, k = masks.shape[:2]
+        image = self.normalize(image)[:, None].expand(-1, k, -1, -1, -1)
+        x = torch.cat([image, masks[:, :, None], others[:, :, None]], dim=2).flatten(0, 1)
         _, _, tokens = self.convmae.conv_stem(x, self.convmae.patch_embed1_memory)
         summary = summary + self.convmae.summary_pos_embed()
         keys, values = [], []
@@ -83,25 +86,26 @@ class JointFormer(nn.Module):
     def propagate(self, tokens: torch.Tensor, ref_keys: torch.Tensor, ref_values: torch.Tensor,
                   ref_valid: torch.Tensor | None, topk: TopKConfig = TopKConfig(),
                   attention: Callable = topk_joint_attention) -> torch.Tensor:
-        """tokens ``[1, h*w, C]`` (from :meth:`encode_query`), reference cache ``[L, K, Hd, M, D]``
-        (M = frames * h*w; frame after frame), ref_valid ``[K, M]`` bool or None
-        -> normalised f16 tokens ``[K, h*w, C]``. ``attention`` computes the top-K filtered blocks'
-        attention (e.g. the custom ONNX op)."""
-        k, hw = ref_keys.shape[1], tokens.shape[1]
-        x = tokens.expand(k, -1, -1)
+        """tokens ``[BK, h*w, C]`` (from :meth:`encode_query`: each object row holds its frame's
+        tokens), reference cache ``[L, BK, Hd, M, D]`` (M = frames * h*w; frame after frame),
+        ref_valid ``[BK, M]`` bool or None -> normalised f16 tokens ``[BK, h*w, C]``. The rows are
+        independent. ``attention`` computes the top-K filtered blocks' attention (e.g. the custom
+        ONNX op)."""
+        x, hw = tokens, tokens.shape[1]
         for i, block in enumerate(self.convmae.blocks3):
             x = block.forward_joint(x, ref_keys[i], ref_values[i], ref_valid, topk.joint(i, hw), attention)
         return self.convmae.norm(x)
 
     def decode(self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor, summary: torch.Tensor,
                topk: TopKConfig = TopKConfig()) -> tuple[torch.Tensor, torch.Tensor]:
-        """f16 tokens ``[K, h*w, C]`` (from :meth:`propagate`) with f8/f4 from :meth:`encode_query`
-        and summary ``[K, 1, C]`` -> (probabilities ``[K + 1, H, W]``, background first, soft-aggregated
-        over the K objects; new summary ``[K, 1, C]``)."""
+        """f16 tokens ``[BK, h*w, C]`` (from :meth:`propagate`) with f8/f4 ``[B, ...]`` from
+        :meth:`encode_query` and summary ``[BK, 1, C]`` -> (probabilities ``[B, K + 1, H, W]``,
+        background first, soft-aggregated over each frame's K objects; new summary ``[BK, 1, C]``)."""
         h, w = f8.shape[-2] // 2, f8.shape[-1] // 2
         f16 = f16.transpose(1, 2).reshape(f16.shape[0], -1, h, w)
         logits, fusion = self.decoder(f16, self._enhance(f16, summary), f8, f4)
-        prob = torch.softmax(aggregate(torch.sigmoid(logits), dim=0), dim=0)
+        logits = torch.sigmoid(logits).unflatten(0, (f8.shape[0], -1))
+        prob = torch.softmax(aggregate(logits, dim=1), dim=1)
         return prob, self._update_summary(fusion, summary, topk)
 
     def _enhance(self, f16: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 Symbols (besides the dynamic ones of :mod:`vosrt.runtime.stages`): ``C`` pixel/embedding
 channels, ``Ck`` key channels, ``Cv`` value channels, ``Cs`` sensory channels, ``Q`` object
-queries, ``C8``/``C4`` skip-feature channels.
+queries, ``C8``/``C4`` skip-feature channels. Every tensor has the stream axis ``B`` first (the
+network's batch): a call for several streams stacks their frames, or for the memory stages one
+bucket of each stream with the same object count.
 """
 from __future__ import annotations
 
@@ -25,32 +27,32 @@ UNIT = (0.0, 1.0)
 # features; independent draws from (0, 1) made that mean up to 50x any feature (areas near 0), which
 # no session produces. From (0.5, 1) the means stay within (0.5, 2).
 OBJECT_MEMORY = (0.5, 1.0)
-IMAGE = TensorSpec("image", (1, 3, "H", "W"), values=UNIT)
-F8, F4 = TensorSpec("f8", (1, "C8", "h8", "w8")), TensorSpec("f4", (1, "C4", "h4", "w4"))
-PIX_FEAT = TensorSpec("pix_feat", (1, "C", "h", "w"))
-KEY, SELECTION = TensorSpec("key", (1, "Ck", "h", "w")), TensorSpec("selection", (1, "Ck", "h", "w"), values=UNIT)
-SENSORY = TensorSpec("sensory", (1, "K", "Cs", "h", "w"))
-MEMORY = (TensorSpec("memory_key", (1, "Ck", "N"), memory=True),
-          TensorSpec("memory_shrinkage", (1, 1, "N"), values=(1.0, 2.0), memory=True))
-MEMORY_VALUE = TensorSpec("memory_value", (1, "K", "Cv", "N"), memory=True)
-MEMORY_VALID = TensorSpec("memory_valid", (1, "N"), dtype="bool", memory=True)
-READOUT = TensorSpec("readout", (1, "K", "C", "h", "w"))
+IMAGE = TensorSpec("image", ("B", 3, "H", "W"), values=UNIT)
+F8, F4 = TensorSpec("f8", ("B", "C8", "h8", "w8")), TensorSpec("f4", ("B", "C4", "h4", "w4"))
+PIX_FEAT = TensorSpec("pix_feat", ("B", "C", "h", "w"))
+KEY, SELECTION = TensorSpec("key", ("B", "Ck", "h", "w")), TensorSpec("selection", ("B", "Ck", "h", "w"), values=UNIT)
+SENSORY = TensorSpec("sensory", ("B", "K", "Cs", "h", "w"))
+MEMORY = (TensorSpec("memory_key", ("B", "Ck", "N"), memory=True),
+          TensorSpec("memory_shrinkage", ("B", 1, "N"), values=(1.0, 2.0), memory=True))
+MEMORY_VALUE = TensorSpec("memory_value", ("B", "K", "Cv", "N"), memory=True)
+MEMORY_VALID = TensorSpec("memory_valid", ("B", "N"), dtype="bool", memory=True)
+READOUT = TensorSpec("readout", ("B", "K", "C", "h", "w"))
 
 STAGES = {stage.name: stage for stage in (
     StageSpec("image_encoder", "encode_image", (IMAGE,),
-              (F8, F4, PIX_FEAT, KEY, TensorSpec("shrinkage", (1, 1, "h", "w")), SELECTION)),
-    StageSpec("mask_encoder", "encode_mask", (IMAGE, PIX_FEAT, SENSORY, TensorSpec("masks", (1, "K", "H", "W"), values=UNIT)),
-              (TensorSpec("mask_value", (1, "K", "Cv", "h", "w")), TensorSpec("new_sensory", SENSORY.shape),
-               TensorSpec("obj_summaries", (1, "K", "Q", "C+1")))),
+              (F8, F4, PIX_FEAT, KEY, TensorSpec("shrinkage", ("B", 1, "h", "w")), SELECTION)),
+    StageSpec("mask_encoder", "encode_mask", (IMAGE, PIX_FEAT, SENSORY, TensorSpec("masks", ("B", "K", "H", "W"), values=UNIT)),
+              (TensorSpec("mask_value", ("B", "K", "Cv", "h", "w")), TensorSpec("new_sensory", SENSORY.shape),
+               TensorSpec("obj_summaries", ("B", "K", "Q", "C+1")))),
     StageSpec("memory_readout", "read_memory",
               (KEY, SELECTION, PIX_FEAT, *MEMORY, MEMORY_VALUE, MEMORY_VALID, SENSORY,
-               TensorSpec("last_mask", (1, "K", "H", "W"), values=UNIT),
-               TensorSpec("obj_memory", (1, "K", "Q", "C+1"), values=OBJECT_MEMORY)),
+               TensorSpec("last_mask", ("B", "K", "H", "W"), values=UNIT),
+               TensorSpec("obj_memory", ("B", "K", "Q", "C+1"), values=OBJECT_MEMORY)),
               (READOUT,), selects_top_k=True),
     StageSpec("memory_usage", "memory_usage", (KEY, SELECTION, *MEMORY, MEMORY_VALID),
-              (TensorSpec("memory_usage", (1, "N")),), selects_top_k=True),
+              (TensorSpec("memory_usage", ("B", "N")),), selects_top_k=True),
     StageSpec("mask_decoder", "decode", (F8, F4, READOUT, SENSORY),
-              (TensorSpec("new_sensory", SENSORY.shape), TensorSpec("prob", (1, "K+1", "H", "W")))),
+              (TensorSpec("new_sensory", SENSORY.shape), TensorSpec("prob", ("B", "K+1", "H", "W")))),
 )}
 
 # (readout, usage) per formulation. Usage has no custom op: the usage graph stays standard ops.

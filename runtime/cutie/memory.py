@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..buckets import Bucket, BucketStore
+from ..buckets import Bucket, BucketStore, select_rows
 from .config import LongTermPolicy
 from .long_term import INITIAL_LIFE, consolidate, normalized_usage
 
@@ -206,7 +206,8 @@ class MemoryStore(BucketStore[MemoryBucket]):
         index = {o: i for i, o in enumerate(object_ids)}
         for bucket in self.buckets:
             rows = [index[o] for o in bucket.object_ids]
-            bucket.write_frame(key.flatten(2), shrinkage.flatten(2), selection.flatten(2), values[:, rows].flatten(3))
+            bucket.write_frame(key.flatten(2), shrinkage.flatten(2), selection.flatten(2),
+                               select_rows(values, rows, 1).flatten(3))
             if self.long_term is not None and len(bucket.temporary) >= self.frames - 1:
                 bucket.consolidate(self.long_term)
 

@@ -6,8 +6,12 @@ the long-term memory of the official ``MemoryManager`` (``use_long_term``).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from ..batching import StageBatcher
+from ..buckets import select_rows, shared_reads, write_rows
 from ..session import Frame, Session
 from .config import CutieSessionConfig
 from .memory import MemoryStore
@@ -33,54 +37,79 @@ class CutieSession(Session):
     def _has_memory(self) -> bool:
         return self._memory.engaged
 
-    def _step(self, frame: Frame) -> torch.Tensor:
-        update_sensory = frame.since_memory in self._stagger and not frame.last
-        tracked = set(self.objects.ids)
-        propagate = frame.labels is None or (bool(tracked) and set(frame.objects) != tracked)
-        features = self.backend.run("image_encoder", image=frame.image)
-        prob = self._segment(features, update_sensory) if propagate else None
-        if frame.labels is not None:
-            prob = self._merge_mask(prob, frame.labels, frame.objects)
-            self._register(self.objects.add(frame.objects), frame.labels.shape)
-        self._last_mask = prob[1:].unsqueeze(0)
-        if frame.memorise:
-            self._add_memory(frame.image, features)
+    @classmethod
+    def _step_streams(cls, steps: Sequence[tuple["CutieSession", Frame]], batcher: StageBatcher) -> list[torch.Tensor]:
+        features = batcher.run("image_encoder", [(s, {"image": frame.image}) for s, frame in steps])
+        propagating = [i for i, (s, frame) in enumerate(steps) if s._propagates(frame)]
+        prob: list[torch.Tensor | None] = [None] * len(steps)
+        for i, p in zip(propagating, cls._segment([(*steps[i], features[i]) for i in propagating], batcher)):
+            prob[i] = p
+        for i, (s, frame) in enumerate(steps):
+            if frame.labels is not None:
+                prob[i] = s._merge_mask(prob[i], frame.labels, frame.objects)
+                s._register(s.objects.add(frame.objects), frame.labels.shape)
+            s._last_mask = prob[i][1:].unsqueeze(0).clone()  # not a backend's output buffer: another stream reuses it
+        cls._add_memory([(s, frame, features[i]) for i, (s, frame) in enumerate(steps) if frame.memorise], batcher)
         return prob
 
     def _memory_tokens(self, frame_tokens: int) -> int:
         long_term = self.config.long_term_max_num_tokens if self.config.use_long_term else 0
         return self.config.memory_frames * frame_tokens + long_term
 
+    def _propagates(self, frame: Frame) -> bool:
+        """Whether ``frame`` needs a prediction: it has no mask, or its mask leaves tracked objects out."""
+        tracked = set(self.objects.ids)
+        return frame.labels is None or (bool(tracked) and set(frame.objects) != tracked)
+
     def _keep_rows(self, rows: list[int], removed: list[int]) -> None:
         self._memory.remove_objects(removed)
         self._sensory, self._obj_memory, self._last_mask, self._readout = (
             t[:, rows] for t in (self._sensory, self._obj_memory, self._last_mask, self._readout))
 
-    def _segment(self, features: dict[str, torch.Tensor], update_sensory: bool) -> torch.Tensor:
-        """Memory readout + decoding for the objects already in memory -> ``[K + 1, H, W]``."""
-        query = {name: features[name] for name in ("key", "selection")}
-        for bucket in self._memory.buckets:
-            rows = self.objects.rows(bucket.object_ids)
-            tokens = slice(0, bucket.valid.shape[1]) if self.backend.fixed_shapes else \
-                bucket.tokens_to_read(self.config.top_k)
-            memory = dict(memory_key=bucket.key[:, :, tokens], memory_shrinkage=bucket.shrinkage[:, :, tokens],
-                          memory_valid=bucket.valid[:, tokens])
-            if self._memory.counts_usage:
-                usage = self.backend.run("memory_usage", **query, **memory)["memory_usage"]
-                self._memory.record_usage(bucket, usage, tokens)
-            chunk = self.config.chunk_size if self.config.chunk_size > 0 else len(rows)
-            for start in range(0, len(rows), chunk):
-                part = rows[start:start + chunk]
-                readout = self.backend.run(
-                    "memory_readout", **query, pix_feat=features["pix_feat"], **memory,
-                    memory_value=bucket.value[:, start:start + chunk, :, tokens], sensory=self._sensory[:, part],
-                    last_mask=self._last_mask[:, part], obj_memory=self._obj_memory[:, part])["readout"]
-                self._readout[:, part] = readout.to(self._readout.dtype)  # fp16 under autocast
-        decoded = self.backend.run("mask_decoder", f8=features["f8"], f4=features["f4"], readout=self._readout,
-                                   sensory=self._sensory)
-        if update_sensory:
-            self._sensory.copy_(decoded["new_sensory"])
-        return decoded["prob"][0]
+    @classmethod
+    def _segment(cls, streams: list[tuple["CutieSession", Frame, dict[str, torch.Tensor]]],
+                 batcher: StageBatcher) -> list[torch.Tensor]:
+        """Memory readout + decoding of the objects already in memory -> per stream ``[K + 1, H, W]``."""
+        cls._read_memory([(s, features) for s, _, features in streams], batcher)
+        decoded = batcher.run("mask_decoder", [
+            (s, dict(f8=features["f8"], f4=features["f4"], readout=s._readout, sensory=s._sensory))
+            for s, _, features in streams])
+        for (s, frame, _), outputs in zip(streams, decoded):
+            if frame.since_memory in s._stagger and not frame.last:
+                s._sensory.copy_(outputs["new_sensory"])
+        return [outputs["prob"][0] for outputs in decoded]
+
+    @classmethod
+    def _read_memory(cls, streams: list[tuple["CutieSession", dict[str, torch.Tensor]]], batcher: StageBatcher) -> None:
+        """Every bucket's readout (in chunks of ``chunk_size`` objects) into each session's ``_readout``,
+        after the memory usage it counts with long-term memory."""
+        reads = [(s, features, bucket) for s, features in streams for bucket in s._memory.buckets]
+        if not reads:
+            return
+        session = streams[0][0]
+        windows = shared_reads([(s, bucket, len(bucket.object_ids)) for s, _, bucket in reads], session.config.top_k,
+                               session.backend.fixed_shapes)
+        memory = [dict(memory_key=bucket.key[:, :, tokens], memory_shrinkage=bucket.shrinkage[:, :, tokens],
+                       memory_valid=bucket.valid[:, tokens]) for (_, _, bucket), tokens in zip(reads, windows)]
+        queries = [{name: features[name] for name in ("key", "selection")} for _, features, _ in reads]
+        if session._memory.counts_usage:
+            usage = batcher.run("memory_usage", [(s, q | m) for (s, _, _), q, m in zip(reads, queries, memory)])
+            for (s, _, bucket), tokens, outputs in zip(reads, windows, usage):
+                s._memory.record_usage(bucket, outputs["memory_usage"], tokens)
+        parts = [(s, features, bucket, tokens, q | m, s.objects.rows(bucket.object_ids)[start:start + chunk], start)
+                 for (s, features, bucket), tokens, q, m in zip(reads, windows, queries, memory)
+                 for chunk in [s._chunk(bucket)] for start in range(0, len(bucket.object_ids), chunk)]
+        readouts = batcher.run("memory_readout", [
+            (s, query | dict(pix_feat=features["pix_feat"], sensory=select_rows(s._sensory, rows, 1),
+                             memory_value=bucket.value[:, start:start + len(rows), :, tokens],
+                             last_mask=select_rows(s._last_mask, rows, 1), obj_memory=select_rows(s._obj_memory, rows, 1)))
+            for s, features, bucket, tokens, query, rows, start in parts])
+        for (s, _, _, _, _, rows, _), outputs in zip(parts, readouts):
+            write_rows(s._readout, rows, 1, outputs["readout"].to(s._readout.dtype))  # fp16 under autocast
+
+    def _chunk(self, bucket) -> int:
+        """Objects of ``bucket`` read from memory in one call (``chunk_size``; all without it)."""
+        return self.config.chunk_size if self.config.chunk_size > 0 else len(bucket.object_ids)
 
     def _register(self, new_objects: list[int], size: torch.Size) -> None:
         """Zero sensory, object memory and readout rows for newly tracked objects."""
@@ -95,10 +124,15 @@ class CutieSession(Session):
             new if old is None else torch.cat([old, new], 1)
             for old, new in ((self._sensory, sensory), (self._obj_memory, obj_memory), (self._readout, readout)))
 
-    def _add_memory(self, image: torch.Tensor, features: dict[str, torch.Tensor]) -> None:
-        encoded = self.backend.run("mask_encoder", image=image, pix_feat=features["pix_feat"], sensory=self._sensory,
-                                   masks=self._last_mask)
-        self._memory.add(features["key"], features["shrinkage"], features["selection"], encoded["mask_value"],
-                         self.objects.ids)
-        self._obj_memory += encoded["obj_summaries"]
-        self._sensory.copy_(encoded["new_sensory"])
+    @classmethod
+    def _add_memory(cls, streams: list[tuple["CutieSession", Frame, dict[str, torch.Tensor]]],
+                    batcher: StageBatcher) -> None:
+        """Encode each stream's frame with its last masks and memorise it."""
+        encoded = batcher.run("mask_encoder", [
+            (s, dict(image=frame.image, pix_feat=features["pix_feat"], sensory=s._sensory, masks=s._last_mask))
+            for s, frame, features in streams])
+        for (s, _, features), outputs in zip(streams, encoded):
+            s._memory.add(features["key"], features["shrinkage"], features["selection"], outputs["mask_value"],
+                          s.objects.ids)
+            s._obj_memory += outputs["obj_summaries"]
+            s._sensory.copy_(outputs["new_sensory"])

@@ -4,6 +4,12 @@ and its session.
 Symbols (besides the dynamic ones of :mod:`vosrt.runtime.stages`): ``Dm`` token channels,
 ``L`` joint blocks, ``Hd`` heads of ``D`` channels, ``C8``/``C4`` skip-feature channels.
 The per-block reference keys/values (``[L, K, Hd, M, D]``) are what the session caches.
+
+Streams: the image stages take ``B`` frames, the per-object tensors ``BK`` rows (the ``K``
+objects of each stream, stream after stream; the encoders and the decoder need the same ``K``
+for every stream of a call). The joint propagation's rows are independent (each object reads
+its own bucket's cache with its own copy of the frame's tokens), so one call can take the
+buckets of streams with different object counts.
 """
 from __future__ import annotations
 
@@ -22,24 +28,24 @@ from ..stages import StageSpec, TensorSpec
 from .reference_cache import ReferenceCache
 from .session import JointFormerSession
 
-IMAGE = TensorSpec("image", (1, 3, "H", "W"), values=(0.0, 1.0))
-F8, F4 = TensorSpec("f8", (1, "C8", "h8", "w8")), TensorSpec("f4", (1, "C4", "h4", "w4"))
-TOKENS = TensorSpec("tokens", (1, "hw", "Dm"))
-SUMMARY = TensorSpec("summary", ("K", 1, "Dm"))
-CACHE = ("L", "K", "Hd", "M", "D")
+IMAGE = TensorSpec("image", ("B", 3, "H", "W"), values=(0.0, 1.0))
+F8, F4 = TensorSpec("f8", ("B", "C8", "h8", "w8")), TensorSpec("f4", ("B", "C4", "h4", "w4"))
+SUMMARY = TensorSpec("summary", ("BK", 1, "Dm"))
+F16 = TensorSpec("f16", ("BK", "hw", "Dm"))
+CACHE = ("L", "BK", "Hd", "M", "D")
 
 STAGES = {stage.name: stage for stage in (
-    StageSpec("query_encoder", "encode_query", (IMAGE,), (F8, F4, TOKENS)),
+    StageSpec("query_encoder", "encode_query", (IMAGE,), (F8, F4, TensorSpec("tokens", ("B", "hw", "Dm")))),
     StageSpec("reference_encoder", "encode_reference",
-              (IMAGE, TensorSpec("masks", ("K", "H", "W"), values=(0.0, 1.0)), SUMMARY),
-              (TensorSpec("ref_keys", ("L", "K", "Hd", "hw", "D")), TensorSpec("ref_values", ("L", "K", "Hd", "hw", "D")),
+              (IMAGE, TensorSpec("masks", ("B", "K", "H", "W"), values=(0.0, 1.0)), SUMMARY),
+              (TensorSpec("ref_keys", ("L", "BK", "Hd", "hw", "D")), TensorSpec("ref_values", ("L", "BK", "Hd", "hw", "D")),
                TensorSpec("new_summary", SUMMARY.shape))),
     StageSpec("joint_propagation", "propagate",
-              (TOKENS, TensorSpec("ref_keys", CACHE, memory=True), TensorSpec("ref_values", CACHE, memory=True),
-               TensorSpec("ref_valid", ("K", "M"), dtype="bool", memory=True)),
-              (TensorSpec("f16", ("K", "hw", "Dm")),), selects_top_k=True),
-    StageSpec("decoder", "decode", (TensorSpec("f16", ("K", "hw", "Dm")), F8, F4, SUMMARY),
-              (TensorSpec("prob", ("K+1", "H", "W")), TensorSpec("new_summary", SUMMARY.shape))),
+              (TensorSpec("tokens", ("BK", "hw", "Dm")), TensorSpec("ref_keys", CACHE, memory=True),
+               TensorSpec("ref_values", CACHE, memory=True), TensorSpec("ref_valid", ("BK", "M"), dtype="bool", memory=True)),
+              (F16,), selects_top_k=True),
+    StageSpec("decoder", "decode", (F16, F8, F4, SUMMARY),
+              (TensorSpec("prob", ("B", "K+1", "H", "W")), TensorSpec("new_summary", SUMMARY.shape))),
 )}
 
 _ATTENTION = {"eager": kernels.topk_joint_attention, "graph": kernels.topk_joint_attention,

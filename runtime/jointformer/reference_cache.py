@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..buckets import Bucket, BucketStore
+from ..buckets import Bucket, BucketStore, select_rows
 
 LAST_SLOT = 1  # the last processed frame's slot, when there is one
 
@@ -90,10 +90,10 @@ class ReferenceCache(BucketStore[ReferenceBucket]):
                 continue
             slot = bucket.memory_slot() if is_mem_frame else LAST_SLOT
             rows = [index[o] for o in bucket.object_ids]
-            bucket.write(slot, keys[:, rows], values[:, rows])
+            bucket.write(slot, select_rows(keys, rows, 1), select_rows(values, rows, 1))
         new_ids = self.untracked(object_ids)
         if new_ids:
             rows = [index[o] for o in new_ids]
             bucket = ReferenceBucket(new_ids, keys, self.slots, self.fifo_slots)
-            bucket.write(0, keys[:, rows], values[:, rows])
+            bucket.write(0, select_rows(keys, rows, 1), select_rows(values, rows, 1))
             self.buckets.append(bucket)

@@ -10,8 +10,12 @@ compressed-memory token again. ``end=True`` (the video's last frame) skips that 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from ..batching import StageBatcher
+from ..buckets import shared_reads, write_rows
 from ..session import Frame, Session
 from .config import JointFormerSessionConfig
 from .reference_cache import ReferenceCache
@@ -32,38 +36,58 @@ class JointFormerSession(Session):
     def _has_memory(self) -> bool:
         return self._cache.engaged
 
-    def _step(self, frame: Frame) -> torch.Tensor:
-        covers_all = frame.labels is not None and set(self.objects.ids) <= set(frame.objects)
-        prob = self._segment(frame.image) if self._cache.engaged and not covers_all else None
-        if frame.labels is not None:
-            prob = self._merge_mask(prob, frame.labels, frame.objects)
-            self._register(self.objects.add(frame.objects))
-        if (frame.memorise or self.config.include_last) and not frame.last:
-            self._memorise(frame.image, prob[1:], frame.memorise)
+    @classmethod
+    def _step_streams(cls, steps: Sequence[tuple["JointFormerSession", Frame]],
+                      batcher: StageBatcher) -> list[torch.Tensor]:
+        segmenting = [i for i, (s, frame) in enumerate(steps) if s._segments(frame)]
+        prob: list[torch.Tensor | None] = [None] * len(steps)
+        for i, p in zip(segmenting, cls._segment([steps[i] for i in segmenting], batcher)):
+            prob[i] = p
+        for i, (s, frame) in enumerate(steps):
+            if frame.labels is not None:
+                prob[i] = s._merge_mask(prob[i], frame.labels, frame.objects)
+                s._register(s.objects.add(frame.objects))
+        cls._memorise([(s, frame, prob[i][1:]) for i, (s, frame) in enumerate(steps)
+                       if (frame.memorise or s.config.include_last) and not frame.last], batcher)
         return prob
 
     def _memory_tokens(self, frame_tokens: int) -> int:
         """The cache slots of every joint block, and the frame's own tokens (joint attention)."""
         return (ReferenceCache.slot_count(self.config.max_mem_frames, self.config.include_last) + 1) * frame_tokens
 
+    def _segments(self, frame: Frame) -> bool:
+        """Whether ``frame`` needs a prediction: there is memory, and the frame has no mask for every tracked object."""
+        covers_all = frame.labels is not None and set(self.objects.ids) <= set(frame.objects)
+        return self._cache.engaged and not covers_all
+
     def _keep_rows(self, rows: list[int], removed: list[int]) -> None:
         self._cache.remove_objects(removed)
         self._summary = self._summary[rows]
 
-    def _segment(self, image: torch.Tensor) -> torch.Tensor:
-        """Propagate every bucket's objects, decode them together -> ``[K + 1, H, W]``; updates
-        the compressed-memory tokens."""
-        query = self.backend.run("query_encoder", image=image)
-        tokens = query["tokens"]
-        f16 = torch.empty(len(self.objects), *tokens.shape[1:], device=tokens.device, dtype=tokens.dtype)
-        for bucket in self._cache.buckets:
-            read = slice(None) if self.backend.fixed_shapes else bucket.tokens_to_read(self.config.top_k)
-            f16[self.objects.rows(bucket.object_ids)] = self.backend.run(
-                "joint_propagation", tokens=tokens, ref_keys=bucket.keys[:, :, :, read],
-                ref_values=bucket.values[:, :, :, read], ref_valid=bucket.valid[:, read])["f16"]
-        decoded = self.backend.run("decoder", f16=f16, f8=query["f8"], f4=query["f4"], summary=self._summary)
-        self._summary = decoded["new_summary"].clone()  # a backend may reuse its output buffer
-        return decoded["prob"]
+    @classmethod
+    def _segment(cls, steps: list[tuple["JointFormerSession", Frame]], batcher: StageBatcher) -> list[torch.Tensor]:
+        """Propagate every bucket's objects, decode each stream's objects together -> per stream
+        ``[K + 1, H, W]``; updates the compressed-memory tokens."""
+        if not steps:
+            return []
+        queries = batcher.run("query_encoder", [(s, {"image": frame.image}) for s, frame in steps])
+        reads = [(s, query["tokens"], bucket) for (s, _), query in zip(steps, queries) for bucket in s._cache.buckets]
+        session = steps[0][0]
+        windows = shared_reads([(s, bucket, None) for s, _, bucket in reads], session.config.top_k,
+                               session.backend.fixed_shapes)
+        propagated = batcher.run("joint_propagation", [
+            (s, dict(tokens=tokens.expand(len(bucket.object_ids), -1, -1), ref_keys=bucket.keys[:, :, :, read],
+                     ref_values=bucket.values[:, :, :, read], ref_valid=bucket.valid[:, read]))
+            for (s, tokens, bucket), read in zip(reads, windows)])
+        f16 = {s: torch.empty(len(s.objects), *query["tokens"].shape[1:], device=query["tokens"].device,
+                              dtype=query["tokens"].dtype) for (s, _), query in zip(steps, queries)}
+        for (s, _, bucket), outputs in zip(reads, propagated):
+            write_rows(f16[s], s.objects.rows(bucket.object_ids), 0, outputs["f16"])
+        decoded = batcher.run("decoder", [(s, dict(f16=f16[s], f8=query["f8"], f4=query["f4"], summary=s._summary))
+                                          for (s, _), query in zip(steps, queries)])
+        for (s, _), outputs in zip(steps, decoded):
+            s._summary = outputs["new_summary"].clone()  # a backend may reuse its output buffer
+        return [outputs["prob"][0] for outputs in decoded]
 
     def _register(self, new_objects: list[int]) -> None:
         """Append the initial compressed-memory token for newly tracked objects."""
@@ -72,7 +96,11 @@ class JointFormerSession(Session):
         summary = self.backend.constants["initial_summary"].expand(len(new_objects), -1, -1)
         self._summary = summary.clone() if self._summary is None else torch.cat([self._summary, summary])
 
-    def _memorise(self, image: torch.Tensor, masks: torch.Tensor, is_mem_frame: bool) -> None:
-        encoded = self.backend.run("reference_encoder", image=image, masks=masks, summary=self._summary)
-        self._cache.add(encoded["ref_keys"], encoded["ref_values"], self.objects.ids, is_mem_frame)
-        self._summary = encoded["new_summary"].clone()
+    @classmethod
+    def _memorise(cls, streams: list[tuple["JointFormerSession", Frame, torch.Tensor]], batcher: StageBatcher) -> None:
+        """Encode each stream's frame with its masks ``[K, H, W]`` into cache entries."""
+        encoded = batcher.run("reference_encoder", [
+            (s, dict(image=frame.image, masks=masks[None], summary=s._summary)) for s, frame, masks in streams])
+        for (s, frame, _), outputs in zip(streams, encoded):
+            s._cache.add(outputs["ref_keys"], outputs["ref_values"], s.objects.ids, frame.memorise)
+            s._summary = outputs["new_summary"].clone()

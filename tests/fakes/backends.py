@@ -1,9 +1,10 @@
-"""Tiny backends for testing what wraps a backend (CUDA-graph replay, timing) without a model."""
+"""Tiny backends for testing what wraps a backend (CUDA-graph replay, timing) without a model, and a
+wrapper that takes the batch size out of a backend's rounding."""
 from __future__ import annotations
 
 import torch
 
-from vosrt.runtime.backends.base import Backend
+from vosrt.runtime.backends.base import Backend, BackendWrapper
 from vosrt.runtime.stages import StageSpec, TensorSpec
 
 STAGES = {
@@ -38,3 +39,50 @@ class ArithmeticBackend(Backend):
         if stage.name == "blend":
             return [(3 * inputs[0] + inputs[1]) * 2]
         return [inputs[0] + inputs[1]]
+
+
+class OneStreamPerCall(BackendWrapper):
+    """Runs a stage call of B streams as B calls of one stream each (its rows of every ``B`` and
+    ``BK`` tensor; with both axes ``BK = B x K``) and a stage with only ``BK`` rows (objects, each
+    independent of the others) one row per call, then concatenates the outputs: what a batch
+    computes, without the kernels that round differently for another number of rows. Each call
+    reads memory (``M`` tokens, with a bool validity input) up to its last valid token only, so the
+    empty tokens a batch appends to share a call do not change the reductions' rounding either."""
+
+    def _run(self, stage: StageSpec, inputs: list[torch.Tensor]):
+        axes = [t.stream_axis for t in stage.inputs]
+        parts = next((x.shape[axis] for t, x, axis in zip(stage.inputs, inputs, axes)
+                      if axis is not None and t.shape[axis] == "B"), None)
+        if parts is None:  # objects only: one row each
+            parts = next((x.shape[axis] for x, axis in zip(inputs, axes) if axis is not None), 1)
+        split = [x.chunk(parts, axis) if axis is not None else [x] * parts for x, axis in zip(inputs, axes)]
+        outputs = [self.inner._run(stage, _valid_memory(stage, list(part))) for part in zip(*split)]
+        return [torch.cat(column, dim=t.stream_axis) for t, column in zip(stage.outputs, zip(*outputs))]
+
+
+def _valid_memory(stage: StageSpec, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``inputs`` with every memory input's ``M`` axis cut after the last token the bool memory input
+    marks valid (unchanged without one)."""
+    memory = [(t.shape.index("M"), x) for t, x in zip(stage.inputs, inputs) if t.memory and "M" in t.shape]
+    valid = next((x.movedim(axis, -1) for axis, x in memory if x.dtype == torch.bool), None)
+    if valid is None:
+        return inputs
+    used = int(valid.reshape(-1, valid.shape[-1]).any(0).nonzero().max()) + 1 if valid.any() else valid.shape[-1]
+    return [x.narrow(t.shape.index("M"), 0, used) if t.memory and "M" in t.shape else x
+            for t, x in zip(stage.inputs, inputs)]
+
+
+class ReusedOutputBuffers(BackendWrapper):
+    """Returns every output in a buffer kept per stage and shape, overwritten by the next call of
+    that stage with that shape, as TensorRT engines and CUDA graphs do."""
+
+    def __init__(self, inner: Backend):
+        super().__init__(inner)
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def _run(self, stage: StageSpec, inputs: list[torch.Tensor]):
+        outputs = []
+        for spec, y in zip(stage.outputs, self.inner._run(stage, inputs)):
+            key = (stage.name, spec.name, tuple(y.shape), y.dtype)
+            outputs.append(self.buffers.setdefault(key, torch.empty_like(y)).copy_(y))
+        return outputs

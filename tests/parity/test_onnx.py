@@ -43,7 +43,7 @@ def test_graphs_pass_the_full_checker_and_manifest_describes_them(exports):
         assert [t["name"] for t in graph["inputs"]] == list(spec.input_names)
         assert [t["name"] for t in graph["outputs"]] == list(spec.output_names)
     sensory = next(t for t in manifest["graphs"]["mask_decoder"]["inputs"] if t["name"] == "sensory")
-    assert sensory["shape"] == [1, "K", 256, "h", "w"] and sensory["dtype"] == "float32"
+    assert sensory["shape"] == ["B", "K", 256, "h", "w"] and sensory["dtype"] == "float32"
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -204,7 +204,7 @@ def test_export_engine_cli(seeded_weights, tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "input  memory_valid" in printed and "settings top_k 30" in printed
-    assert "input  memory_value       float32  [1, K, 256, N]" in printed  # fixed dimensions as numbers
+    assert "input  memory_value       float32  [B, K, 256, N]" in printed  # fixed dimensions as numbers
 
     # Without TensorRT the default --format engine stops after the ONNX graphs with a clear message.
     assert export_engine_main(["cutie-small", "--weights", weights, "--output", str(tmp_path / "eng")]) == 2

@@ -71,6 +71,27 @@ def test_bench_cli_runs_jointformer_on_torch_and_onnxruntime(tmp_path):
         assert r["graphs"]["joint_propagation"]["calls_per_frame"] == 1  # one bucket: the object entered on frame 0
 
 
+def test_bench_streams_reports_batched_and_sequential_throughput(tmp_path, capsys):
+    report_path = tmp_path / "streams.json"
+    argv = ["bench", "cutie-small", "--backends", "torch,onnxruntime", "--resolution", "48x64", "--streams", "1,3",
+            "--frames", "2", "--warmup", "1", "--fill", "--json", str(report_path)]
+    assert main(argv) == 0
+    report = json.loads(report_path.read_text())
+    assert report["streams"] == [1, 3]
+    runs = report["runs"]
+    assert [(r["backend"], r["streams"]) for r in runs] == [("torch", 1), ("torch", 3), ("onnxruntime", 1),
+                                                            ("onnxruntime", 3)]
+    for r in runs:
+        assert r["frames"] == 2 and r["untimed"] == 1
+        assert r["per_stream_fps"] == pytest.approx(r["batched_fps"] / r["streams"], rel=1e-3)
+        assert r["speedup"] == pytest.approx(r["batched_fps"] / r["sequential_fps"], rel=1e-2)
+        assert r["batched_fps"] == pytest.approx(2 * r["streams"] * 1000 / (2 * r["batched_ms"]["mean"]), rel=1e-2)
+    out = capsys.readouterr().out
+    assert "batched FPS" in out and "sequential FPS" in out and out.count("\ntorch ") == 2
+    assert main(["bench", "cutie-small", "--streams", "2", "--plot", str(tmp_path / "p.png")]) == 2
+    assert "--plot draws latencies" in capsys.readouterr().err
+
+
 def test_timed_backend_records_every_call_and_returns_its_result():
     timed = measure.TimedBackend(ArithmeticBackend())
     x = torch.ones(2)

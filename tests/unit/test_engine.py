@@ -75,13 +75,33 @@ def test_jointformer_profile_counts_the_last_frame_slot(jointformer_export):
         "min": [11, 1, 12, tokens, 64], "opt": [11, 3, 12, 5 * tokens, 64], "max": [11, 3, 12, 5 * tokens, 64]}
     assert shapes["joint_propagation"]["ref_valid"]["max"] == [3, 5 * tokens]
     assert shapes["joint_propagation"]["tokens"]["min"] == [1, tokens, 768]
-    assert shapes["reference_encoder"]["masks"] == {"min": [1, 480, 864], "opt": [3, 480, 864], "max": [3, 480, 864]}
+    assert shapes["reference_encoder"]["masks"] == {"min": [1, 1, 480, 864], "opt": [1, 3, 480, 864],
+                                                     "max": [1, 3, 480, 864]}
     assert shapes["decoder"]["f8"]["max"] == [1, 384, 60, 108] and shapes["decoder"]["f4"]["max"] == [1, 256, 120, 216]
     assert shapes["decoder"]["summary"]["opt"] == [3, 1, 768]
 
 
+def test_max_streams_sizes_the_stream_axes(onnx_dir, jointformer_export):
+    """--max-streams 4: up to 4 frames (B) and 4 x max_objects object rows (BK) per call; one of each at the min."""
+    cutie = profile.EngineProfile(2, (240, 320), max_streams=4).input_shapes(read_manifest(onnx_dir))
+    assert cutie["image_encoder"]["image"] == {"min": [1, 3, 240, 320], "opt": [4, 3, 240, 320],
+                                               "max": [4, 3, 240, 320]}
+    assert cutie["memory_readout"]["memory_value"]["max"] == [4, 2, 256, 3 * 15 * 20]
+    assert cutie["mask_decoder"]["sensory"]["min"] == [1, 1, 256, 15, 20]
+    jointformer = profile.EngineProfile(2, (240, 320), max_streams=4).input_shapes(
+        read_manifest(jointformer_export("fp32")))
+    assert jointformer["joint_propagation"]["ref_keys"]["max"] == [11, 8, 12, 3 * 15 * 20, 64]
+    assert jointformer["joint_propagation"]["tokens"]["max"] == [8, 15 * 20, 768]
+    assert jointformer["query_encoder"]["image"]["max"] == [4, 3, 240, 320]
+    assert jointformer["decoder"]["f16"]["max"] == [8, 15 * 20, 768] and jointformer["decoder"]["f8"]["max"][0] == 4
+    options = profile.BuildOptions(profile.EngineProfile(2, (240, 320), max_streams=4))
+    line = trtexec_commands(onnx_dir, read_manifest(onnx_dir), options)[1 + list(SPECS).index("image_encoder")]
+    assert "--minShapes=image:1x3x240x320" in line and "--maxShapes=image:4x3x240x320" in line
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: profile.EngineProfile(max_objects=0), "--max-objects must be >= 1"),
+    (lambda: profile.EngineProfile(max_streams=0), "--max-streams must be >= 1"),
     (lambda: profile.EngineProfile(resolution=(8, 100)), "--resolution must be HxW"),
     (lambda: profile.BuildOptions(dla_core=-1), "--dla-core must be >= 0"),
     (lambda: profile.BuildOptions(workspace_mib=0), "--workspace must be >= 1"),
@@ -165,7 +185,7 @@ def test_build_writes_engines_manifest_and_reuses_the_timing_cache(export, tmp_p
     assert manifest["format"] == ENGINE_FORMAT and manifest["model"] == model
     assert manifest["environment"] == ENVIRONMENT
     assert manifest["profile"] == {"max_objects": 2, "resolution": [240, 320],
-                                   "max_mem_frames": read_manifest(onnx)["max_mem_frames"]}
+                                   "max_mem_frames": read_manifest(onnx)["max_mem_frames"], "max_streams": 1}
     assert manifest["input_shapes"][memory_graph][memory_input]["max"] == memory_max
     assert manifest["strongly_typed"] and manifest["dla_core"] is None
     assert manifest["settings"] == read_manifest(onnx)["settings"] and manifest["settings"]["top_k"] == 30
@@ -202,7 +222,7 @@ def test_export_engine_from_onnx_builds_with_the_cli_profile(model, memory_graph
     assert f"building {memory_graph} engine (fp32, GPU)" in printed
     assert f"wrote TensorRT engines and manifest.json to {out}" in printed
     manifest = read_manifest(out, ENGINE_FORMAT)
-    assert manifest["profile"] == {"max_objects": 2, "resolution": [240, 320], "max_mem_frames": 5}
+    assert manifest["profile"] == {"max_objects": 2, "resolution": [240, 320], "max_mem_frames": 5, "max_streams": 1}
     assert manifest["input_shapes"][memory_graph][valid_input]["max"] == valid_max
     assert manifest["max_mem_frames"] == 5 and manifest["workspace_mib"] == 512
 
@@ -391,7 +411,7 @@ def test_jointformer_trtexec_lines_carry_the_cache_shapes(jointformer_export, ca
     assert export_engine_main(["--from-onnx", str(onnx), "--trtexec", "--max-objects", "2",
                                "--resolution", "240x320", "--max-mem-frames", "2"]) == 0
     joint = next(line for line in capsys.readouterr().out.splitlines() if "joint_propagation.onnx" in line)
-    assert "--maxShapes=tokens:1x300x768,ref_keys:11x2x12x900x64,ref_values:11x2x12x900x64,ref_valid:2x900" in joint
+    assert "--maxShapes=tokens:2x300x768,ref_keys:11x2x12x900x64,ref_values:11x2x12x900x64,ref_valid:2x900" in joint
     assert "--minShapes=tokens:1x300x768,ref_keys:11x1x12x300x64" in joint and "--stronglyTyped" in joint
 
 

@@ -61,6 +61,31 @@ def test_segment_judo_folder_writes_pngs_and_overlay_at_source_size(weights, tmp
     assert not list(tmp_path.glob(".*")), "staging files left behind"
 
 
+def test_segment_several_inputs_together_writes_each_as_alone(weights, tmp_path, capsys):
+    """judo and 3 frames of synthetic-shapes as two streams of one batch: each input's label maps are
+    those it gets alone (frames of different sizes share no call, so to the bit); synthetic ends first."""
+    require_shared()
+    shapes = tmp_path / "shapes"
+    shapes.mkdir()
+    for i in range(3):
+        shutil.copy(SYNTHETIC / "images" / f"{i:05d}.png", shapes)
+    inputs = {"judo": (JUDO_IMAGES, JUDO_MASKS), "shapes": (shapes, SYNTHETIC / "masks" / "00000.png")}
+    together, alone = tmp_path / "together", tmp_path / "alone"
+    argv = [a for images, masks in inputs.values() for a in ("--input", str(images), "--masks", str(masks))]
+    assert main(["segment", "cutie-small", "--weights", weights, *argv, "--output", str(together / "judo"),
+                 "--output", str(together / "shapes"), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "segmented 4 frames of" in out and "segmented 3 frames of" in out and "2 streams: 7 frames" in out
+    for name, (images, masks) in inputs.items():
+        assert main(["segment", "cutie-small", "--weights", weights, "--input", str(images), "--masks", str(masks),
+                     "--output", str(alone / name), *FAST]) == 0
+        names = sorted(p.name for p in (alone / name).iterdir())
+        assert names == sorted(p.name for p in (together / name).iterdir())
+        for png in names:
+            np.testing.assert_array_equal(np.asarray(Image.open(together / name / png)),
+                                          np.asarray(Image.open(alone / name / png)))
+
+
 def test_segment_mp4_keeps_frame_rate_and_size(weights, tmp_path):
     require_shared()
     video = _judo_mp4(tmp_path / "judo-in.mp4", frames=4, fps=12.0)
@@ -139,6 +164,7 @@ def test_failure_mid_video_leaves_no_outputs(weights, tmp_path, capfd):
     (["--input", "/nonexistent/clip"], "input not found: /nonexistent/clip"),
     (["--input", "IMAGES", "--masks", "/nonexistent/m.png"], "mask file or folder not found"),
     (["--input", "IMAGES", "--no-output"], "nothing to write"),
+    (["--input", "IMAGES", "--input", "IMAGES"], "--masks given 1 time(s) for 2 --input"),
 ])
 def test_segment_argument_errors_are_one_line(argv, message, weights, tmp_path, capfd):
     images = tmp_path / "images"

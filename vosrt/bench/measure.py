@@ -1,6 +1,12 @@
 """``vosrt bench``'s measurements: every backend runs the same frames through the ordinary
 session, whose backend is wrapped to time each stage call (:class:`TimedBackend`). Results are
-a list of :class:`Run` (one per backend x object count x memory size)."""
+a list of :class:`Run` (one per backend x object count x memory size).
+
+With ``--streams`` it measures throughput instead: several streams (one synthetic clip each) on
+one backend, batched (:func:`vosrt.load_batch`, one ``batch.step`` per frame for all streams) and
+sequential (a copy of the same streams stepped one after the other, as independent sessions
+run), in turn frame by frame: a list of :class:`StreamRun` (one per backend x object count x
+memory size x streams)."""
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +28,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vosrt.api import load, resolve_device
+from vosrt.api import load, load_batch, resolve_device
 from vosrt.runtime.artifacts import vosrt_version
 from vosrt.runtime.backends.base import Backend, BackendWrapper
+from vosrt.runtime.batch import BatchSession
 from vosrt.runtime.registry import MODELS
 from vosrt.runtime.session import Session
 from vosrt.runtime.stages import StageSpec
@@ -99,13 +106,69 @@ class Run:
     speedup_vs_torch: float | None = None
 
 
+@dataclass
+class StreamRun:
+    """One stream count. FPS count the frames of all streams per second (aggregate); ``per_stream_fps``
+    is each stream's frame rate in the batch; ``speedup``: batched over sequential aggregate FPS;
+    ``batched_ms``: median, p90 and mean of one batched step (a frame of every stream)."""
+
+    backend: str
+    objects: int
+    memory_frames: int
+    streams: int
+    untimed: int
+    frames: int
+    batched_fps: float
+    per_stream_fps: float
+    sequential_fps: float
+    speedup: float
+    batched_ms: dict[str, float]
+
+
+def _measure_streams(batch: BatchSession, backend: str, objects: int, memory_frames: int,
+                     clips: list[tuple[list[np.ndarray], np.ndarray]], untimed: int, bar: tqdm) -> StreamRun:
+    """``len(clips)`` streams (a clip and its first mask each) twice over in ``batch``: one copy
+    batched (one step for all), the other stepped stream after stream, frame by frame in turn so that
+    both see the same load; ``untimed`` frames per stream (the mask frame first), then the timed
+    ones. Outputs stay on the device (``output="tensor"``); the clock stops once the device is done."""
+    for stream in batch.streams:
+        batch.end(stream)
+    batched, sequential = [], []
+    for index in range(len(clips[0][0])):
+        frames = {stream: (images[index], mask) if index == 0 else images[index]
+                  for stream, (images, mask) in enumerate(clips)}
+        together = _timed_steps(batch, [{("batched", stream): frame for stream, frame in frames.items()}])
+        one_by_one = _timed_steps(batch, [{("sequential", stream): frame} for stream, frame in frames.items()])
+        if index >= untimed:
+            batched.append(together)
+            sequential.append(one_by_one)
+        bar.update(2 * len(clips))
+    streams, frames = len(clips), len(batched)
+    batched_fps, sequential_fps = streams * frames / sum(batched), streams * frames / sum(sequential)
+    return StreamRun(backend=backend, objects=objects, memory_frames=memory_frames, streams=streams, untimed=untimed,
+                     frames=frames, batched_fps=_fps(batched_fps), per_stream_fps=_fps(batched_fps / streams),
+                     sequential_fps=_fps(sequential_fps), speedup=round(batched_fps / sequential_fps, 3),
+                     batched_ms=_summary([t * 1000 for t in batched]))
+
+
+def _timed_steps(batch: BatchSession, steps: list[dict]) -> float:
+    """Seconds to run ``steps`` (``batch.step`` inputs) one after the other, the device done."""
+    synchronize(batch.backend.device)
+    start = time.perf_counter()
+    for frames in steps:
+        batch.step(frames, output="tensor")
+    synchronize(batch.backend.device)
+    return time.perf_counter() - start
+
+
 def run_benchmark(settings: BenchSettings) -> dict:
-    """Run every available backend over the grid of object counts and memory sizes.
+    """Run every available backend over the grid of object counts and memory sizes (and stream
+    counts with ``settings.streams``).
 
     A backend that cannot run here, or fails to load, is skipped with the reason.
     Returns the report: settings, environment, ``skipped`` (backend -> reason) and ``runs``
-    (:class:`Run` as dicts), with each run's speed-up over eager fp32 torch of the same
-    configuration when torch was benchmarked too.
+    (:class:`Run` as dicts, with each run's speed-up over eager fp32 torch of the same
+    configuration when torch was benchmarked too; :class:`StreamRun` with ``streams``).
     """
     device = resolve_device(settings.device)
     environment = _environment(device)
@@ -115,10 +178,14 @@ def run_benchmark(settings: BenchSettings) -> dict:
     if not backends:
         raise RuntimeError("no backend can run here: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
     longest = max(settings.untimed_frames(t) for t in settings.memory_frames) + settings.frames
-    clips = {k: synthetic_clip(settings.resolution, k, longest, settings.seed) for k in settings.objects}
-    runs: list[Run] = []
+    streams = settings.streams or [1]
+    clips = {k: [synthetic_clip(settings.resolution, k, longest, settings.seed + s) for s in range(max(streams))]
+             for k in settings.objects}
+    runs: list[Run | StreamRun] = []
     total_frames = len(backends) * len(clips) * sum(settings.untimed_frames(t) + settings.frames
                                                     for t in settings.memory_frames)
+    if settings.streams:
+        total_frames *= 2 * sum(streams)  # batched and sequential copies, every stream's frames
     with _weights_file(settings) as weights, tqdm(total=total_frames, unit="frame", desc="bench") as bar:
         for backend in backends:
             for memory_frames in settings.memory_frames:
@@ -131,14 +198,20 @@ def run_benchmark(settings: BenchSettings) -> dict:
                     break
                 load_s = time.perf_counter() - started
                 untimed = settings.untimed_frames(memory_frames)
-                for objects, (images, mask) in clips.items():
+                for objects, clip in clips.items():
                     bar.set_description(f"bench {backend.name} T={memory_frames} objects={objects}")
-                    runs.append(_measure(session, backend.name, objects, memory_frames,
-                                         images[:untimed + settings.frames], mask, untimed, load_s, bar))
+                    clip = [(images[:untimed + settings.frames], mask) for images, mask in clip]
+                    if settings.streams:
+                        runs += [_measure_streams(session, backend.name, objects, memory_frames, clip[:count], untimed,
+                                                  bar) for count in settings.streams]
+                    else:
+                        runs.append(_measure(session, backend.name, objects, memory_frames, *clip[0], untimed, load_s,
+                                             bar))
                 del session  # before the next one is loaded
     if not runs:
         raise RuntimeError("no backend ran: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
-    _add_speedups(runs)
+    if not settings.streams:
+        _add_speedups(runs)
     return {
         "vosrt_version": vosrt_version(), "model": settings.model,
         "weights": settings.weights or f"random (the model's own initialisation, seed {settings.seed})",
@@ -147,6 +220,7 @@ def run_benchmark(settings: BenchSettings) -> dict:
                    "full: the timed frames start once the memory holds memory_frames frames"),
         "options": (asdict(MODELS[settings.model].config_type(**settings.options))
                     | {"max_mem_frames": "memory_frames of each run"}),
+        "streams": settings.streams,
         "environment": environment | _load_average("end"),
         "skipped": skipped, "runs": [asdict(r) for r in runs],
     }
@@ -178,11 +252,13 @@ def _weights_file(settings: BenchSettings) -> Iterator[str]:
 
 
 def _make_session(settings: BenchSettings, backend: BenchBackend, weights: str, memory_frames: int,
-                  device: torch.device) -> Session:
+                  device: torch.device) -> Session | BatchSession:
+    """A session of ``backend`` (:func:`vosrt.load`), or a batch (:func:`vosrt.load_batch`) with ``streams``."""
     options = settings.options | {"max_mem_frames": memory_frames}
     export_dir = settings.engine_dir if backend.needs_engines else None
-    return load(settings.model, weights, backend=backend.runtime, device=str(device), amp=backend.amp,
-                export_dir=export_dir, **options)
+    return (load_batch if settings.streams else load)(
+        settings.model, weights, backend=backend.runtime, device=str(device), amp=backend.amp, fp16=backend.fp16,
+        cuda_graph=backend.cuda_graph, export_dir=export_dir, **options)
 
 
 def _measure(session: Session, backend: str, objects: int, memory_frames: int, images: list[np.ndarray],
@@ -211,13 +287,17 @@ def _measure(session: Session, backend: str, objects: int, memory_frames: int, i
     frames = len(latencies)
     in_graphs_ms = sum(sum(calls) for calls in timed.calls.values()) * 1000 / frames
     return Run(backend=backend, objects=objects, memory_frames=memory_frames, untimed=warmup, frames=frames,
-               latency_ms=_summary(latencies), fps=float(f"{1000 * frames / sum(latencies):.4g}"),
+               latency_ms=_summary(latencies), fps=_fps(1000 * frames / sum(latencies)),
                graphs={name: _summary([t * 1000 for t in calls]) | {"calls_per_frame": round(len(calls) / frames, 3)}
                        for name, calls in timed.calls.items()},
                outside_graphs_ms=round(statistics.fmean(latencies) - in_graphs_ms, 2),
                peak_host_mb=round(host.peak_mb(), 1),
                peak_device_mb=round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
                load_s=round(load_s, 2))
+
+
+def _fps(fps: float) -> float:
+    return float(f"{fps:.4g}")
 
 
 def _summary(ms: list[float]) -> dict[str, float]:

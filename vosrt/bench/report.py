@@ -6,24 +6,41 @@ from pathlib import Path
 
 
 def format_table(report: dict) -> str:
-    """The runs as a plain-text table, then one line per skipped backend."""
-    header = (f"{'backend':12} {'obj':>3} {'mem':>3} {'median ms':>9} {'p90 ms':>8} {'FPS':>6} {'vs torch':>8} "
-              f"{'host MB':>8} {'other ms':>8}  per graph: median ms x calls/frame")
+    """The runs as a plain-text table (latency, or throughput with ``--streams``), then one line
+    per skipped backend."""
     env = report["environment"]
     load = (f", load average {env['load_average_1min_at_start']} -> {env['load_average_1min_at_end']}"
             if "load_average_1min_at_end" in env else "")
     policy = f", OpenMP wait policy {env['omp_wait_policy']}" if "omp_wait_policy" in env else ""
     lines = [f"{report['model']} {report['resolution'][0]}x{report['resolution'][1]}, {report['weights']}, "
-             f"{env['device']} ({env['torch_threads']} torch threads{policy}{load}); memory {report['memory']}",
-             header]
-    for r in report["runs"]:
+             f"{env['device']} ({env['torch_threads']} torch threads{policy}{load}); memory {report['memory']}"]
+    lines += _stream_rows(report["runs"]) if report.get("streams") else _latency_rows(report["runs"])
+    lines += [f"{name}: skipped ({reason})" for name, reason in report["skipped"].items()]
+    return "\n".join(lines)
+
+
+def _stream_rows(runs: list[dict]) -> list[str]:
+    """Aggregate FPS (frames of all streams per second) batched and sequential, their ratio, and the
+    frame rate of each stream in the batch."""
+    lines = [f"{'backend':16} {'obj':>3} {'mem':>3} {'streams':>7} {'batched FPS':>11} {'per stream':>10} "
+             f"{'sequential FPS':>14} {'batched/seq':>11} {'step median ms':>14}"]
+    for r in runs:
+        lines.append(f"{r['backend']:16} {r['objects']:>3} {r['memory_frames']:>3} {r['streams']:>7} "
+                     f"{r['batched_fps']:>11.2f} {r['per_stream_fps']:>10.2f} {r['sequential_fps']:>14.2f} "
+                     f"{r['speedup']:>10.2f}x {r['batched_ms']['median']:>14.1f}")
+    return lines
+
+
+def _latency_rows(runs: list[dict]) -> list[str]:
+    lines = [f"{'backend':12} {'obj':>3} {'mem':>3} {'median ms':>9} {'p90 ms':>8} {'FPS':>6} {'vs torch':>8} "
+             f"{'host MB':>8} {'other ms':>8}  per graph: median ms x calls/frame"]
+    for r in runs:
         graphs = "  ".join(f"{stage} {g['median']:.1f}x{g['calls_per_frame']:g}" for stage, g in r["graphs"].items())
         speedup = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
         lines.append(f"{r['backend']:12} {r['objects']:>3} {r['memory_frames']:>3} {r['latency_ms']['median']:>9.1f} "
                      f"{r['latency_ms']['p90']:>8.1f} {r['fps']:>6.2f} {speedup:>8} {r['peak_host_mb']:>8.0f} "
                      f"{r['outside_graphs_ms']:>8.1f}  {graphs}")
-    lines += [f"{name}: skipped ({reason})" for name, reason in report["skipped"].items()]
-    return "\n".join(lines)
+    return lines
 
 
 def require_matplotlib() -> None:

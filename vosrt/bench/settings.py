@@ -17,7 +17,8 @@ REFERENCE_BACKEND = "torch"
 class BenchBackend:
     """A benchmarked backend: ``runtime`` is the ``vosrt.load`` backend it runs on, ``modules``
     the Python packages it needs; ``amp``: the official eager AMP (``vosrt.load(amp=True)``);
-    ``needs_engines``: it runs engines built beforehand by ``export-engine`` (``--engine-dir``)."""
+    ``fp16`` and ``cuda_graph``: those options of ``vosrt.load``; ``needs_engines``: it runs engines
+    built beforehand by ``export-engine`` (``--engine-dir``)."""
 
     name: str
     runtime: str
@@ -25,6 +26,8 @@ class BenchBackend:
     needs_cuda: bool = False
     amp: bool = False
     needs_engines: bool = False
+    fp16: bool = False
+    cuda_graph: bool = False
 
     def unavailable_reason(self, device_type: str, engine_dir: str | None = None) -> str | None:
         """Why this backend cannot run here (e.g. ``"tensorrt not installed"``), or None."""
@@ -45,6 +48,9 @@ BENCH_BACKENDS = {b.name: b for b in (
     BenchBackend("torch-amp", "torch", needs_cuda=True, amp=True),
     BenchBackend("onnxruntime", "onnxruntime", modules=("onnx", "onnxruntime")),
     BenchBackend("tensorrt", "tensorrt", modules=("tensorrt",), needs_cuda=True, needs_engines=True),
+    BenchBackend("torch-fp16-graph", "torch", needs_cuda=True, fp16=True, cuda_graph=True),
+    BenchBackend("tensorrt-graph", "tensorrt", modules=("tensorrt",), needs_cuda=True, needs_engines=True,
+                 cuda_graph=True),
 )}
 
 
@@ -63,6 +69,7 @@ class BenchSettings:
     seed: int = 0
     options: dict = field(default_factory=dict)  # other fields of the model's config
     fill: bool = False  # time the frames while the memory fills up, instead of a full memory
+    streams: Sequence[int] | None = None  # stream counts: throughput batched vs sequential (None: latency)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -76,6 +83,8 @@ class BenchSettings:
             raise ValueError("--frames and --warmup must be >= 1 (the warm-up includes the mask frame)")
         if min(self.objects) < 1 or min(self.memory_frames) < 1 or min(self.resolution) < 16:
             raise ValueError("objects and memory frames must be >= 1 and the resolution at least 16x16")
+        if self.streams is not None and min(self.streams) < 1:
+            raise ValueError("--streams must be >= 1")
 
     def untimed_frames(self, memory_frames: int) -> int:
         """Frames run before the timed ones: ``warmup`` (the mask frame included) with ``fill``,

@@ -13,7 +13,8 @@ from .options import FLAGS, add_inference_options, argument, inference_options, 
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="latency of backends: per stage and end to end, table, JSON and plot",
+    p = sub.add_parser("bench", help="latency of backends: per stage and end to end, table, JSON and plot; or "
+                                     "the throughput of several streams (--streams)",
                        description="Time each backend on a synthetic clip (discs moving over a smooth background): "
                                    "warm-up frames (the first with the mask), then per-stage and end-to-end latency "
                                    "(median, p90), FPS, peak host (and CUDA) memory and the speed-up over eager fp32 "
@@ -32,6 +33,10 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed frames first, the mask frame included (default 2); without --fill at least "
                         "enough to fill the memory")
+    p.add_argument("--streams", type=argument(parse_counts),
+                   help="stream counts, e.g. 1,2,4,8: measure throughput instead of latency, the streams batched "
+                        "(vosrt.load_batch, each with its own clip) and stepped one after the other, in one run; "
+                        "reports aggregate and per-stream FPS and the ratio")
     p.add_argument("--fill", action="store_true",
                    help="time the frames while the memory fills up (what a short clip costs) instead of a full memory")
     p.add_argument("--weights", help="checkpoint file (default: random weights; the timing does not depend on them)")
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> None:
     from vosrt.bench.measure import run_benchmark
     from vosrt.runtime import outputs
 
+    if args.plot and args.streams:
+        raise ValueError("--plot draws latencies; with --streams the table and --json hold the throughput")
     if args.plot:
         report.require_matplotlib()
     for path in filter(None, (args.json, args.plot)):
@@ -59,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
         model=args.model, backends=[b.strip() for b in args.backends.split(",") if b.strip()],
         resolution=args.resolution, objects=args.objects, memory_frames=args.memory_frames, frames=args.frames,
         warmup=args.warmup, weights=args.weights, engine_dir=args.engine_dir, device=args.device, seed=args.seed,
-        options=inference_options(args), fill=args.fill)
+        options=inference_options(args), fill=args.fill, streams=args.streams)
     results = {"command": shlex.join(["vosrt", *args.argv])} | run_benchmark(settings)
     results["environment"]["omp_wait_policy"] = omp_wait_policy
     print(report.format_table(results))

@@ -5,7 +5,8 @@ import argparse
 from pathlib import Path
 
 from vosrt.export.opset import DEFAULT_OPSET, OPSETS, check_opset
-from vosrt.export.profile import DEFAULT_MAX_OBJECTS, DEFAULT_RESOLUTION, SMALL_WORKSPACE_MIB, WORKSPACE_MIB
+from vosrt.export.profile import (DEFAULT_MAX_OBJECTS, DEFAULT_MAX_STREAMS, DEFAULT_RESOLUTION, SMALL_WORKSPACE_MIB,
+                                  WORKSPACE_MIB)
 from vosrt.runtime.registry import MODEL_NAMES, MODELS
 
 from .options import add_inference_options, argument, inference_options, parse_resolution
@@ -35,7 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("TensorRT engines")
     group.add_argument("--from-onnx", metavar="DIR", help="build engines from this ONNX export (e.g. on a Jetson)")
     group.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS,
-                       help=f"most objects per graph call the engines accept (default {DEFAULT_MAX_OBJECTS})")
+                       help=f"most objects per stream the engines accept (default {DEFAULT_MAX_OBJECTS})")
+    group.add_argument("--max-streams", type=int, default=DEFAULT_MAX_STREAMS,
+                       help="most streams (videos) one engine call takes, for vosrt.load_batch and segment with "
+                            f"several --input (default {DEFAULT_MAX_STREAMS}; a batch runs more in further calls)")
     group.add_argument("--resolution", type=argument(parse_resolution), default=DEFAULT_RESOLUTION,
                        help="HEIGHTxWIDTH of the frames the engines run (after --max-internal-size resizing; "
                             "padded to multiples of 16; default %dx%d)" % DEFAULT_RESOLUTION)
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
     from vosrt.export.trtexec import trtexec_commands
     from vosrt.runtime import artifacts
 
-    profile = EngineProfile(args.max_objects, args.resolution, getattr(args, "max_mem_frames", None))
+    profile = EngineProfile(args.max_objects, args.resolution, getattr(args, "max_mem_frames", None), args.max_streams)
     options = BuildOptions(profile, args.workspace, args.dla_core, args.tf32)
     if args.from_onnx:
         _check_from_onnx(args)

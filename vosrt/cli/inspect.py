@@ -48,8 +48,9 @@ def _print_engines(directory: str, manifest: dict) -> None:
           f"({device})")
     print(f"built with TensorRT {env['tensorrt_version']} for {env['gpu_name']} (compute capability "
           f"{env['compute_capability']}), workspace {manifest['workspace_mib']} MiB")
-    print(f"profile: 1..{profile['max_objects']} objects, {profile['resolution'][0]}x{profile['resolution'][1]} "
-          f"frames (padded), ONNX graphs in {Path(directory) / manifest['onnx_directory']}")
+    print(f"profile: 1..{profile['max_objects']} objects per stream, 1..{profile.get('max_streams', 1)} streams per "
+          f"call, {profile['resolution'][0]}x{profile['resolution'][1]} frames (padded), ONNX graphs in "
+          f"{Path(directory) / manifest['onnx_directory']}")
     _print_settings(manifest)
     for name, info in manifest["engines"].items():
         print(f"  {name:18} {info['file']:24} sha256 {info['sha256'][:16]}...")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from vosrt.pipeline import DEFAULT_FPS
 from vosrt.runtime.backends import BACKENDS
@@ -11,7 +12,7 @@ from .options import add_inference_options, inference_options
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("segment", help="segment a video: image folder, video file or camera",
+    p = sub.add_parser("segment", help="segment videos: image folders, video files or cameras",
                        description="Segment the frames of --input (an image folder, a video file such as mp4/avi, or a "
                                    "camera index), starting from the label maps in --masks: one PNG for the first "
                                    "frame, or a folder of PNGs named like the frames (00000.png, 00001.png, ... for "
@@ -19,16 +20,22 @@ def add_parser(sub) -> None:
                                    "objects; one a few pixels off the frame size is aligned as the official code "
                                    "aligns it, with a warning). Frames are 8-bit images. Writes palette PNG label "
                                    "maps to --output and/or an overlay video to --overlay, at the input's size and "
-                                   "frame rate, only once the run is complete. Stop a camera with Ctrl-C.")
+                                   "frame rate, only once the run is complete. Stop a camera with Ctrl-C. Several "
+                                   "inputs run together, one stream each (vosrt.load_batch): repeat --input, and "
+                                   "--masks, --output and --overlay once per input, in the same order.")
     p.add_argument("model", choices=MODEL_NAMES)
     p.add_argument("--weights", help="checkpoint file (default: download the official one)")
-    p.add_argument("--input", "--images", dest="input", required=True,
-                   help="image folder (jpg/png, in name order), video file, or camera index (0, 1, ...)")
-    p.add_argument("--masks", required=True, help="PNG label map of the first frame, or a folder of them")
-    p.add_argument("--output", help="folder for the palette PNG label maps (new or empty; not inside --input or "
-                                    "--masks)")
-    p.add_argument("--overlay", help="video file (.mp4/.avi) of the frames with the masks blended in (H.264 where "
-                                     "OpenCV can encode it)")
+    p.add_argument("--input", "--images", dest="input", required=True, action="append",
+                   help="image folder (jpg/png, in name order), video file, or camera index (0, 1, ...); repeat "
+                        "for several videos at once")
+    p.add_argument("--masks", required=True, action="append",
+                   help="PNG label map of the first frame, or a folder of them (one per --input)")
+    p.add_argument("--output", action="append",
+                   help="folder for the palette PNG label maps (new or empty; not inside --input or --masks; one per "
+                        "--input)")
+    p.add_argument("--overlay", action="append",
+                   help="video file (.mp4/.avi) of the frames with the masks blended in (H.264 where OpenCV can "
+                        "encode it; one per --input)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --output, replacing only the label maps this run writes, and replace "
                         "an existing --overlay")
@@ -55,21 +62,46 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from vosrt import io, pipeline
-    from vosrt.api import backend_for, load
+    from vosrt.api import backend_for, load, load_batch
 
-    options = inference_options(args)
+    outputs, overlays = _per_input(args)
     backend = args.backend or backend_for(args.export_dir)
-    device = args.device or ("cuda" if backend == "tensorrt" else "cpu")
+    options = dict(weights=args.weights, backend=backend, device=args.device or ("cuda" if backend == "tensorrt"
+                                                                                  else "cpu"),
+                   export_dir=args.export_dir, fp16=args.fp16, amp=args.amp, cuda_graph=args.cuda_graph,
+                   check_files=args.check_files, **inference_options(args))
+    with contextlib.ExitStack() as stack:
+        sources = [stack.enter_context(io.open_frames(path)) for path in args.input]
+        if len(sources) == 1:
+            results = [pipeline.segment(lambda: load(args.model, **options), sources[0], args.masks[0],
+                                        output=outputs[0], overlay=overlays[0], fps=args.fps,
+                                        max_frames=args.max_frames, overwrite=args.overwrite)]
+        else:
+            results = pipeline.segment_streams(lambda: load_batch(args.model, **options), sources, args.masks,
+                                               outputs=outputs, overlays=overlays, fps=args.fps,
+                                               max_frames=args.max_frames, overwrite=args.overwrite)
+    for path, result in zip(args.input, results):
+        _report(result, f" of {path}" if len(results) > 1 else "")
+    if len(results) > 1:
+        frames, seconds = sum(r.frames for r in results), results[0].seconds
+        print(f"{len(results)} streams: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} fps "
+              "in all)")
 
-    def make_session():
-        return load(args.model, args.weights, backend=backend, device=device, export_dir=args.export_dir,
-                    fp16=args.fp16, amp=args.amp, cuda_graph=args.cuda_graph, check_files=args.check_files, **options)
 
-    with io.open_frames(args.input) as source:
-        result = pipeline.segment(make_session, source, args.masks, output=args.output, overlay=args.overlay,
-                                  fps=args.fps, max_frames=args.max_frames, overwrite=args.overwrite)
+def _per_input(args: argparse.Namespace) -> tuple[list, list]:
+    """--output and --overlay per --input (None where not given); ValueError unless --masks, and
+    --output and --overlay where given, come once per --input."""
+    inputs = len(args.input)
+    for flag, values in (("--masks", args.masks), ("--output", args.output), ("--overlay", args.overlay)):
+        if values is not None and len(values) != inputs:
+            raise ValueError(f"{flag} given {len(values)} time(s) for {inputs} --input: give it once per --input, "
+                             "in the same order")
+    return args.output or [None] * inputs, args.overlay or [None] * inputs
+
+
+def _report(result, which: str) -> None:
     stopped = " (stopped)" if result.stopped else ""
-    print(f"segmented {result.frames} frames{stopped} in {result.seconds:.1f} s "
+    print(f"segmented {result.frames} frames{which}{stopped} in {result.seconds:.1f} s "
           f"({result.frames / max(result.seconds, 1e-9):.2f} fps)")
     if result.output is not None:
         print(f"wrote {result.frames} label maps to {result.output}")
