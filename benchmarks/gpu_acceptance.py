@@ -20,7 +20,7 @@ Sections:
   jointformer  JointFormer the same way in fp32, amp and fp32 + CUDA graphs (26 frames)
 
 Weights are the seed-1 random weights of the reference data (``gen_weights.py``), as in the
-tests: timings do not depend on them, and agreement with fp32 is low with them (README), so it
+tests: timings do not depend on them, and agreement with fp32 is low with them (docs/parity.md), so it
 is reported, not asserted.
 
 Data (``--data``): a folder laid out like ``../shared``: ``reference/`` (gen_weights.py, the

@@ -10,7 +10,7 @@ single node instead of the standard-op decomposition::
 
 The node says what to compute, not how: each backend registers its implementation of every
 op in :data:`OPS` before loading a graph that has it (ONNX Runtime:
-:mod:`vosrt.runtime.onnxruntime_custom_ops`; TensorRT: :mod:`vosrt.kernels.trt_plugin`).
+:mod:`vosrt.runtime.backends.onnxruntime_custom_ops`; TensorRT: :mod:`vosrt.kernels.trt_plugin`).
 Nodes also carry the attributes by which TensorRT's ONNX parser maps a node to a Python
 plugin: ``plugin_namespace="vosrt"`` and ``aot=1`` (use the ahead-of-time implementation);
 ONNX Runtime ignores them.

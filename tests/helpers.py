@@ -33,7 +33,7 @@ GOLDEN_MAX_DPROB = {
     ("cutie-small-lt-evict", "torch"): 2e-3,  # 5.2e-4 (first 8 frames)
     ("cutie-small-lt-evict", "onnxruntime"): 2e-3,  # 5.7e-4 (first 8 frames)
 }
-# Not measured yet (nothing has run on a GPU): the README's noise floor of the official code.
+# Not measured yet (nothing has run on a GPU): the noise floor of the official code (../shared/reference/README.md).
 GPU_MAX_DPROB = 2e-2
 
 

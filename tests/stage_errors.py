@@ -1,8 +1,8 @@
 """fp16 modes against fp32, stage by stage on the same inputs.
 
 With random weights most pixels' two best labels are near ties, so over a clip an fp16 session
-drifts away from the fp32 one (cutie-small's golden clip: worst-frame mIoU 0.22-0.24 for fp16
-graphs and for eager fp16 autocast, README): agreement of whole clips cannot be asked for. Fed
+drifts away from the fp32 one (cutie-small's golden clip: worst-frame mIoU about 0.2 for fp16
+graphs and for eager fp16 autocast, docs/parity.md): agreement of whole clips cannot be asked for. Fed
 the *same* inputs, though, each stage differs from fp32 by fp16 rounding only, and that is
 bounded. The calls of an fp32 session on a real clip are recorded (inputs and outputs), then
 each is run again through the candidate; per output the errors are relative to the fp32
