@@ -242,7 +242,6 @@ def _model_section(ctx: Context, model: str, budget: float) -> dict:
 def _load_frames(ctx: Context, clip: Clip) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """(image, label map of the joining object or None) per position of ``clip``."""
     from vosrt import io
-    from vosrt.pipeline import _read_mask
 
     folder = ctx.data / "data" / "davis-examples"
     frames = []
@@ -250,7 +249,7 @@ def _load_frames(ctx: Context, clip: Clip) -> list[tuple[np.ndarray, np.ndarray 
         image = io.read_rgb(folder / "images" / clip.name / f"{index:05d}.jpg")
         mask = None
         if position in clip.joins:
-            labels = _read_mask(folder / "masks" / clip.name / f"{index:05d}.png", image.shape[:2], lambda _: None)[0]
+            labels, _ = io.read_label_map(folder / "masks" / clip.name / f"{index:05d}.png")
             mask = np.where(labels == clip.joins[position], labels, 0)
         frames.append((image, mask))
     return frames

@@ -64,3 +64,12 @@ def test_the_data_folder_is_checked_first(acceptance, tmp_path, capsys):
         acceptance.main(["--smoke", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
     assert "has no reference/gen_weights.py: pass --data" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_smoke_run_passes_every_section_on_the_cpu(acceptance, tmp_path):
+    """The whole script at tiny sizes (what .ci/run runs): a section that breaks on the CPU fails here."""
+    assert acceptance.main(["--smoke", "--data", str(SHARED), "--out", str(tmp_path)]) == 0
+    sections = _report(tmp_path)["sections"]
+    assert list(sections) == list(acceptance.SECTIONS)
+    assert {name: entry["status"] for name, entry in sections.items() if entry["status"] == "error"} == {}
+    assert sections["cutie"]["status"] == sections["jointformer"]["status"] == "ok"
