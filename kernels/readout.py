@@ -192,6 +192,22 @@ def _gathered_readout(weights: torch.Tensor, index: torch.Tensor, memory_value: 
     return (weights.reshape(batch * hw, 1, kept) @ picked).view(batch, hw, values).transpose(1, 2)
 
 
+def _bagged_readout(weights: torch.Tensor, index: torch.Tensor, memory_value: torch.Tensor) -> torch.Tensor:
+    """:func:`_gathered_readout` (same arguments and result, up to the order of the fp32 sums) as
+    one weighted ``embedding_bag``, which reads the kept rows without materialising them: about
+    100x faster on the CPU at 480p (0.25 ms against 28 ms for 1620 queries x 30 of 3240 slots).
+    Eager only: ONNX has no such op, so the exported graphs keep the gather."""
+    batch, values, slots = memory_value.shape
+    hw, kept = index.shape[1:]
+    if values == 0 or kept == 0:
+        return memory_value.new_zeros(batch, values, hw, dtype=torch.float32)
+    slot_rows = memory_value.float().transpose(1, 2).reshape(batch * slots, values)
+    first_row = torch.arange(batch, device=index.device).view(-1, 1, 1) * slots
+    bags = torch.nn.functional.embedding_bag((index + first_row).reshape(batch * hw, kept), slot_rows,
+                                             mode="sum", per_sample_weights=weights.reshape(batch * hw, kept))
+    return bags.view(batch, hw, values).transpose(1, 2)
+
+
 def _scattered_usage(weights: torch.Tensor, index: torch.Tensor, slots: int) -> torch.Tensor:
     """Each slot's kept weights summed over the queries -> ``[B, N]`` fp32 (an eager scatter-add)."""
     usage = torch.zeros(weights.shape[0], slots, device=weights.device, dtype=torch.float32)
@@ -295,9 +311,9 @@ def topk_readout(
     top_k: int,
 ) -> torch.Tensor:
     """Top-K readout ``[B, V, HW]`` fp32 (shapes in the module docstring): the Triton kernels for
-    CUDA tensors, else the official similarity and top-k with the kept values gathered (no dense
-    ``V x N x HW`` product: 2.8x faster than :func:`topk_readout_reference` on the CPU at 480p with 5
-    memory frames, and the same selection)."""
+    CUDA tensors, else the official similarity and top-k with the kept values summed by a
+    weighted ``embedding_bag`` (no dense ``V x N x HW`` product, no gathered copy of the kept
+    values; the same selection as :func:`topk_readout_reference`)."""
     return _dispatch((query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid), top_k,
                      with_usage=False)
 
@@ -313,7 +329,7 @@ def topk_readout_with_usage(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-K readout ``[B, V, HW]`` and memory usage ``[B, N]`` (both fp32) of one selection: the
     Triton kernels for CUDA tensors (the usage summed by atomics, so its last bits vary from run
-    to run), else the official similarity and top-k, gathered (see :func:`topk_readout`)."""
+    to run), else the official similarity and top-k, bagged (see :func:`topk_readout`)."""
     return _dispatch((query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid), top_k,
                      with_usage=True)
 
@@ -329,7 +345,7 @@ def _dispatch(inputs: tuple[torch.Tensor, ...], top_k: int, with_usage: bool):
     _check_inputs(*inputs, top_k)
     with torch.autocast(inputs[0].device.type, enabled=False):
         weights, index = (t.transpose(1, 2) for t in _official_selection(*inputs[:4], inputs[5], top_k))
-        readout = _gathered_readout(weights, index, inputs[4])
+        readout = _bagged_readout(weights, index, inputs[4])
         return (readout, _scattered_usage(weights, index, inputs[5].shape[1])) if with_usage else readout
 
 

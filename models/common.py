@@ -1,4 +1,5 @@
-"""What both networks share: fp32 regions, the ImageNet normalisation and Cutie/XMem's soft aggregation."""
+"""What both networks share: fp32 regions, the ImageNet normalisation, Cutie/XMem's soft aggregation
+and the softmax over its channels."""
 from __future__ import annotations
 
 import torch
@@ -30,6 +31,16 @@ def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:
         bg = torch.prod(1 - prob, dim=dim, keepdim=True)
         new_prob = torch.cat([bg, prob], dim).clamp(1e-7, 1 - 1e-7)
         return torch.log(new_prob / (1 - new_prob))
+
+
+def channel_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.softmax(logits, dim=1)`` of ``[B, C, H, W]`` logits. Exported as Exp, ReduceMax,
+    ReduceSum and Div: ONNX Runtime's Softmax on a non-last axis transposes in and out, 5x slower
+    (19 ms against 4 ms on 2 CPU threads for 3x480x864); the results differ by rounding only."""
+    if not torch.onnx.is_in_onnx_export():
+        return torch.softmax(logits, dim=1)
+    e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+    return e / e.sum(dim=1, keepdim=True)
 
 
 class ImageNormalization(torch.nn.Module):

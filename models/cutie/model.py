@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vosrt.kernels import topk_readout, topk_usage_reference
-from vosrt.models.common import ImageNormalization, aggregate, fp32_region, to_fp32
+from vosrt.models.common import ImageNormalization, aggregate, channel_softmax, fp32_region, to_fp32
 
 from .blocks import (GConv2d, GroupFeatureFusionBlock, MaskUpsampleBlock, SensoryDeepUpdater,
                      SensoryUpdater, area_downsample, per_object)
@@ -189,4 +189,4 @@ class Cutie(nn.Module):
         new_sensory, logits = self.mask_decoder(f8, f4, readout, sensory)
         logits = aggregate(torch.sigmoid(logits), dim=1)
         logits = F.interpolate(logits, scale_factor=4.0, mode="bilinear", align_corners=False)
-        return new_sensory, torch.softmax(logits, dim=1)
+        return new_sensory, channel_softmax(logits)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vosrt.kernels import topk_joint_attention
-from vosrt.models.common import ImageNormalization, aggregate
+from vosrt.models.common import ImageNormalization, aggregate, channel_softmax
 
 from .backbone import ConvViT
 from .decoder import Decoder
@@ -105,7 +105,7 @@ class JointFormer(nn.Module):
         f16 = f16.transpose(1, 2).reshape(f16.shape[0], -1, h, w)
         logits, fusion = self.decoder(f16, self._enhance(f16, summary), f8, f4)
         logits = torch.sigmoid(logits).unflatten(0, (f8.shape[0], -1))
-        prob = torch.softmax(aggregate(logits, dim=1), dim=1)
+        prob = channel_softmax(aggregate(logits, dim=1))
         return prob, self._update_summary(fusion, summary, topk)
 
     def _enhance(self, f16: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:

@@ -261,11 +261,15 @@ def test_reference_computes_fp16_inputs_in_fp32():
     torch.testing.assert_close(got.double(), dense_readout(*inputs, 7), rtol=0, atol=1e-5)
 
 
-def test_dispatchers_give_the_references_results_on_cpu_tensors():
+@pytest.mark.parametrize("inputs", [
+    pytest.param(lambda: make_inputs(9, 1, 8, 10, 50, 8, invalid_fraction=0.2), id="one_item"),
+    pytest.param(lambda: make_inputs(7, 3, 4, 6, 40, 5, valid_counts=(40, 3, 0)), id="three_items_one_empty"),
+])
+def test_dispatchers_give_the_references_results_on_cpu_tensors(inputs):
     """On the CPU the dispatchers select with the official similarity (the same sums, so the same
-    top-k) and gather the kept values instead of the dense product: the result differs from the
-    reference only in the summation order of the weighted values."""
-    inputs = make_inputs(9, 1, 8, 10, 50, 8, invalid_fraction=0.2)
+    top-k) and sum the kept values by a weighted embedding_bag instead of the dense product: the
+    result differs from the reference only in the summation order of the weighted values."""
+    inputs = inputs()
     key_inputs = (*inputs[:4], inputs[5])
     expected, expected_usage = ro.topk_readout_reference(*inputs, 30), ro.topk_usage_reference(*key_inputs, 30)
     torch.testing.assert_close(ro.topk_readout(*inputs, 30), expected, rtol=0, atol=1e-6)
