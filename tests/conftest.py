@@ -4,6 +4,9 @@ that turn missing prerequisites into skips, or into failures where CI asks for t
 ``VOSRT_REQUIRE_SHARED=1`` (set by .ci/run): a test that needs ../shared fails instead of
 skipping when it is missing. ``VOSRT_REQUIRE_GPU=1`` (set by the GPU acceptance run): tests
 marked ``gpu`` or ``tensorrt`` fail instead of skipping without an NVIDIA GPU (and TensorRT).
+
+The quick tier, ``pytest -m "not slow"``, leaves out every test that needs full-size networks
+(the seeded official-layout weights or their exports) besides those marked ``slow`` by hand.
 """
 from __future__ import annotations
 
@@ -15,6 +18,15 @@ from pathlib import Path
 import pytest
 
 from helpers import REFERENCE, require_shared
+
+
+FULL_SIZE_FIXTURES = {"seeded_weights", "cutie_export", "jointformer_export"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if FULL_SIZE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

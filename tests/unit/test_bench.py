@@ -51,6 +51,7 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert out.count("\ntorch ") == 2 and out.count("\nonnxruntime ") == 2
 
 
+@pytest.mark.slow  # exports a JointFormer and runs it on two backends
 def test_bench_cli_runs_jointformer_on_torch_and_onnxruntime(tmp_path):
     report_path = tmp_path / "bench.json"
     argv = ["bench", "jointformer", "--backends", "torch,onnxruntime,tensorrt", "--resolution", "64x96", "--frames",

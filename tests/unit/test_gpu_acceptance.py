@@ -66,6 +66,7 @@ def test_the_data_folder_is_checked_first(acceptance, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_smoke_run_passes_every_section_on_the_cpu(acceptance, tmp_path):
     """The whole script at tiny sizes (what .ci/run runs): a section that breaks on the CPU fails here."""
     assert acceptance.main(["--smoke", "--data", str(SHARED), "--out", str(tmp_path)]) == 0
