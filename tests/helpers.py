@@ -24,13 +24,13 @@ LONG_TERM_GOLDEN_CONFIG = dict(use_long_term=True, mem_every=1, long_term_max_me
 # Largest |dprob| against the official golden outputs a backend may show over a clip: about 3x
 # what it measured (in the comment), per golden clip and backend (fp32, CPU).
 GOLDEN_MAX_DPROB = {
-    ("cutie-small", "torch"): 3e-3,  # 1.05e-3
-    ("cutie-base", "torch"): 5e-3,  # 1.5e-3
+    ("cutie-small", "torch"): 8e-3,  # 2.7e-3 (frame 34; the official code 1 vs 2 threads: 2.7e-3)
+    ("cutie-base", "torch"): 5e-3,  # 8.6e-4
     ("cutie-small", "onnxruntime"): 6e-3,  # 2.1e-3
     ("cutie-base", "onnxruntime"): 5e-3,  # 1.5e-3
-    ("jointformer", "torch"): 2e-3,  # 6.1e-4
-    ("jointformer", "onnxruntime"): 2e-3,  # 6.7e-4
-    ("cutie-small-lt-evict", "torch"): 2e-3,  # 5.2e-4 (first 8 frames)
+    ("jointformer", "torch"): 2e-3,  # 6.6e-4
+    ("jointformer", "onnxruntime"): 2e-3,  # 7.4e-4
+    ("cutie-small-lt-evict", "torch"): 2e-3,  # 2.4e-4 (first 8 frames)
     ("cutie-small-lt-evict", "onnxruntime"): 2e-3,  # 5.7e-4 (first 8 frames)
 }
 # Not measured yet (nothing has run on a GPU): the noise floor of the official code (../shared/reference/README.md).
