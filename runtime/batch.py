@@ -127,7 +127,7 @@ class BatchSession:
 
     def _session(self, stream: Hashable) -> Session:
         if stream not in self.sessions:
-            raise KeyError(f"no stream {stream!r} in the batch; its streams are {self.streams}")
+            raise ValueError(f"no stream {stream!r} in the batch; its streams are {self.streams}")
         return self.sessions[stream]
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .errors import VosrtWarning
 from .geometry import FrameGeometry, check_mask_size, padded_size, stride_pad
+from .objects import object_ids
 
 
 def check_image(image: np.ndarray) -> None:
@@ -60,11 +61,7 @@ def prepare_mask(mask: np.ndarray, objects: list[int] | None, geometry: FrameGeo
         raise ValueError(f"mask must be an HxW integer label map, got {shape} {getattr(mask, 'dtype', '')}".rstrip())
     check_mask_size(mask.shape, geometry.size)
     present = [int(v) for v in np.unique(mask) if v != 0]
-    if objects is None:
-        objects = present
-    objects = [int(o) for o in objects]
-    if any(o < 1 or o > 255 for o in objects) or len(set(objects)) != len(objects):
-        raise ValueError(f"objects must be distinct ids in 1..255, got {objects}")
+    objects = object_ids(present, "mask labels") if objects is None else object_ids(objects)
     unlisted = sorted(set(present) - set(objects))
     if unlisted:
         raise ValueError(f"mask has labels {unlisted} that are not listed in objects={objects}")

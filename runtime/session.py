@@ -99,7 +99,7 @@ class Session(ABC):
         [0, 1] are errors, and leave the session as it was). mask: ``HxW`` integer label map (0 =
         background) or None; a mask a few pixels off the frame size is aligned as the official
         code aligns it, with a warning (:func:`vosrt.runtime.geometry.check_mask_size`);
-        ``objects``: the labels it gives (default: every label in it);
+        ``objects``: the labels it gives (default: every label in it; only with a mask);
         objects already tracked but absent from ``objects`` keep being propagated. ``end``:
         the last frame of the video (nothing is memorised). ``output``: ``"numpy"`` or
         ``"tensor"`` (on the session's device, not synchronised; see the module docstring).
@@ -155,6 +155,8 @@ class Session(ABC):
         elif geometry != self._geometry:
             raise ValueError(f"frame size changed from {self._geometry.size} to {geometry.size} within a video; "
                              "call reset() before starting another video")
+        if mask is None and objects is not None:
+            raise ValueError("objects names labels of a mask, and no mask is given: step(image, mask, objects)")
         labels, objects = (None, None) if mask is None else prepare_mask(mask, objects, geometry, self.backend.device)
         if labels is None and not self._has_memory:
             raise ValueError("the first frame needs a mask: pass step(image, mask) with the objects to track")

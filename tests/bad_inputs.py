@@ -354,7 +354,7 @@ def fast(*extra: str) -> list[str]:
 @dataclass(frozen=True)
 class Case:
     name: str
-    item: str  # the issue item it comes from: "18.1" ... "18.10", "16.align", "16.artifacts", ..., "extra"
+    item: str  # the issue item it comes from: "18.1" ... "18.10", "16.align", "16.artifacts", ..., "17", "extra"
     run: Callable[[Workspace], None]
     slow: bool = False  # runs a child process or a real export
 
@@ -1198,30 +1198,141 @@ def _(ws, fault, message):
     ws.expect_error(ws.cli(*segment_argv(ws, target, masks, "--output", "out")), message)
 
 
-@cases("extra", [("api-objects-out-of-range", ([0, 300],)), ("api-objects-repeated", ([1, 1],)),
-                 ("api-objects-missing-a-label", ([1],))])
-def _(ws, objects):
-    session = _session(ws, "cutie-small")
-    ws.expect_error(ws.api(lambda: session.step(frame_image(0), first_mask(), objects=objects)), "objects")
+# extra -- the session API on every model: bad masks, objects and calls are refused, and the
+# session goes on as if the refused call had never come
+
+API_MODELS = ("cutie-small", "cutie-base", "jointformer")
+
+_BAD_MASKS = {  # first-frame mask -> what the error says
+    "negative-labels": (lambda m: np.where(m > 0, -1, 0), "1..255"),
+    "label-300": (lambda m: np.where(m > 0, 300, 0), "1..255"),
+    "bool": (lambda m: m > 0, "integer label map"),
+    "float": (lambda m: m.astype(np.float32), "integer label map"),
+    "nan": (lambda m: np.full(m.shape, np.nan), "integer label map"),
+    "rgb": (lambda m: np.stack([m] * 3, -1), "HxW"),
+    "flat": (lambda m: m.reshape(-1), "HxW"),
+    "list": (lambda m: m.tolist(), "integer label map"),
+    "twice-the-frame": (lambda m: np.kron(m, np.ones((2, 2), m.dtype)), "but the frame is"),
+    "only-background": (np.zeros_like, "no object"),
+}
+
+_BAD_FIRST_CALLS = {  # a refused first step -> what the error says
+    "objects-out-of-range": (lambda s: s.step(frame_image(0), first_mask(), objects=[0, 300]), "1..255"),
+    "objects-repeated": (lambda s: s.step(frame_image(0), first_mask(), objects=[1, 1]), "distinct"),
+    "objects-missing-a-label": (lambda s: s.step(frame_image(0), first_mask(), objects=[1]), "not listed"),
+    "objects-not-integers": (lambda s: s.step(frame_image(0), first_mask(), objects=["1", "2"]), "integer ids"),
+    "objects-without-a-mask": (lambda s: s.step(frame_image(0), None, objects=[1, 2]), "no mask is given"),
+    "first-frame-without-a-mask": (lambda s: s.step(frame_image(0)), "needs a mask"),
+}
+
+_BAD_LATER_CALLS = {  # a refused call after the first frame -> what the error says
+    "remove-an-untracked-object": (lambda s: s.remove_objects([9]), "cannot remove objects [9]"),
+    "remove-a-string": (lambda s: s.remove_objects("1"), "integer ids"),
+    "frame-size-changes": (lambda s: s.step(frame_image(1, (64, 48))), "reset()"),
+    "later-mask-of-another-size": (lambda s: s.step(frame_image(1), first_mask((24, 32))), "but the frame is"),
+    "later-objects-without-a-mask": (lambda s: s.step(frame_image(1), None, objects=[1]), "no mask is given"),
+}
+
+_MASK_DTYPES = (np.uint8, np.uint16, np.int8, np.int32)
 
 
-@case("extra")
-def api_float_mask(ws):
-    session = _session(ws, "cutie-small")
-    ws.expect_error(ws.api(lambda: session.step(frame_image(0), first_mask().astype(np.float32))), "integer")
+def _two_frames(session, mask: np.ndarray | None = None) -> list[np.ndarray]:
+    return [session.step(frame_image(0), first_mask() if mask is None else mask), session.step(frame_image(1))]
 
 
-@case("extra")
-def api_first_frame_without_mask(ws):
-    session = _session(ws, "cutie-small")
-    ws.expect_error(ws.api(lambda: session.step(frame_image(0))), "needs a mask")
+def _largest_difference(got: list[np.ndarray], expected: list[np.ndarray], tolerance: float = 1e-6) -> str | None:
+    worst = max(float(np.abs(g - e).max()) if g.shape == e.shape else np.inf for g, e in zip(got, expected))
+    return None if worst <= tolerance else f"differs from a fresh session by {worst:.3g}"
 
 
-@case("extra")
-def api_frame_size_changes(ws):
-    session = _session(ws, "cutie-small")
+@cases("extra", [(f"api-{model}-mask-{kind}", (model, kind)) for model in API_MODELS for kind in _BAD_MASKS])
+def _(ws, model, kind):
+    """A bad first mask is refused; the good one after it starts the video as in a fresh session."""
+    make, message = _BAD_MASKS[kind]
+    session = _session(ws, model, top_k=8)
+    ws.expect_error(ws.api(lambda: session.step(frame_image(0), make(first_mask()))), message)
+    after = ws.api(lambda: _two_frames(session))
+    ws.expect_ok(after, lambda: _largest_difference(after.value, _two_frames(_session(ws, model, top_k=8))))
+
+
+@cases("extra", [(f"api-{model}-{kind}", (model, kind)) for model in API_MODELS for kind in _BAD_FIRST_CALLS])
+def _(ws, model, kind):
+    call, message = _BAD_FIRST_CALLS[kind]
+    session = _session(ws, model, top_k=8)
+    ws.expect_error(ws.api(lambda: call(session)), message)
+    after = ws.api(lambda: _two_frames(session))
+    ws.expect_ok(after, lambda: _largest_difference(after.value, _two_frames(_session(ws, model, top_k=8))))
+
+
+@cases("extra", [(f"api-{model}-{kind}", (model, kind)) for model in API_MODELS for kind in _BAD_LATER_CALLS])
+def _(ws, model, kind):
+    """Refused mid-video: the next frame comes out as if the call had never been made."""
+    call, message = _BAD_LATER_CALLS[kind]
+    session = _session(ws, model, top_k=8)
     session.step(frame_image(0), first_mask())
-    ws.expect_error(ws.api(lambda: session.step(frame_image(1, (64, 48)))), "reset()")
+    ws.expect_error(ws.api(lambda: call(session)), message)
+    after = ws.api(lambda: [session.step(frame_image(1))])
+    ws.expect_ok(after, lambda: _largest_difference(after.value, _two_frames(_session(ws, model, top_k=8))[1:]))
+
+
+@cases("extra", [(f"api-{model}-mask-{dtype.__name__}", (model, dtype)) for model in API_MODELS
+                 for dtype in _MASK_DTYPES])
+def _(ws, model, dtype):
+    """Documented: a mask of any integer dtype is a label map (the same result as int64)."""
+    session = _session(ws, model, top_k=8)
+    outcome = ws.api(lambda: _two_frames(session, first_mask().astype(dtype)))
+    expected = _two_frames(_session(ws, model, top_k=8), first_mask().astype(np.int64))
+    ws.expect_ok(outcome, lambda: _largest_difference(outcome.value, expected, tolerance=0.0))
+
+
+# 17 and 18.5 -- a batch checks every stream's frame before any stream moves on
+
+def _batch(ws, model: str):
+    import vosrt
+
+    return vosrt.load_batch(model, ws.weights(model), top_k=8)
+
+
+def _batch_frames(batch, bad: dict | None = None) -> dict:
+    """Frame 1 of streams "a" and "b" after their first frames (stream "b" mirrored)."""
+    batch.step({"a": (frame_image(0), first_mask()), "b": (frame_image(0)[:, ::-1], first_mask()[:, ::-1])})
+    return batch.step(bad) if bad else batch.step({"a": frame_image(1), "b": frame_image(1)[:, ::-1]})
+
+
+@cases("17", [(f"batch-{model}-stream-frame-{kind}", (model, kind)) for model in ("cutie-small", "jointformer")
+              for kind in _BAD_FRAMES])
+def _(ws, model, kind):
+    """One stream's bad frame is refused naming the stream; no stream moved on (the next good
+    step gives what a batch that never saw the bad frame gives)."""
+    batch = _batch(ws, model)
+    refused = ws.api(lambda: _batch_frames(batch, {"a": frame_image(1),
+                                                   "b": _BAD_FRAMES[kind](frame_image(1)[:, ::-1].copy())}))
+    ws.expect_error(refused, "stream 'b'", _ERRORS[kind])
+    after = ws.api(lambda: batch.step({"a": frame_image(1), "b": frame_image(1)[:, ::-1]}))
+    expected = _batch_frames(_batch(ws, model))
+    ws.expect_ok(after, lambda: _largest_difference([after.value["a"], after.value["b"]],
+                                                    [expected["a"], expected["b"]]))
+
+
+_BAD_BATCH_CALLS = {  # a refused batch call -> what the error says
+    "last-names-a-stream-without-a-frame": (lambda b: b.step({"a": frame_image(1)}, last=["b"]), "without a frame"),
+    "new-stream-without-a-mask": (lambda b: b.step({"a": frame_image(1), "c": frame_image(1)}), "stream 'c'"),
+    "end-an-unknown-stream": (lambda b: b.end("c"), "no stream 'c'"),
+    "remove-objects-of-an-unknown-stream": (lambda b: b.remove_objects("c", [1]), "no stream 'c'"),
+}
+
+
+@cases("17", [(f"batch-{model}-{kind}", (model, kind)) for model in ("cutie-small", "jointformer")
+              for kind in _BAD_BATCH_CALLS])
+def _(ws, model, kind):
+    call, message = _BAD_BATCH_CALLS[kind]
+    batch = _batch(ws, model)
+    batch.step({"a": (frame_image(0), first_mask()), "b": (frame_image(0)[:, ::-1], first_mask()[:, ::-1])})
+    ws.expect_error(ws.api(lambda: call(batch)), message)
+    after = ws.api(lambda: batch.step({"a": frame_image(1), "b": frame_image(1)[:, ::-1]}))
+    expected = _batch_frames(_batch(ws, model))
+    ws.expect_ok(after, lambda: _largest_difference([after.value["a"], after.value["b"]],
+                                                    [expected["a"], expected["b"]]))
 
 
 @cases("extra", [("checkpoint-of-another-model", ("cutie-base", "does not fit")),

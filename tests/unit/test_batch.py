@@ -168,7 +168,7 @@ def test_a_bad_frame_leaves_every_stream_as_it_was(batch):
         batch.step({"a": frames[1][0]}, last=["z"])
     with pytest.raises(ValueError, match="not a tuple of 4"):
         batch.step({"a": (*frames[1], None)})
-    with pytest.raises(KeyError, match="no stream 'z'"):
+    with pytest.raises(ValueError, match="no stream 'z'"):
         batch.end("z")
 
 
