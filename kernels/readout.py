@@ -207,10 +207,12 @@ def _bagged_readout(weights: torch.Tensor, index: torch.Tensor, memory_value: to
 
 
 def _kept_slot_rows(index: torch.Tensor, memory_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The values slot-major, ``[B * N, V]`` fp32, and each query's kept rows in it, ``[B * HW, k]``
+    """The values slot-major, ``[B * N, V]`` fp32 contiguous, and each query's kept rows in it, ``[B * HW, k]``
     (``index`` ``[B, HW, k]`` offset by each batch item's first row)."""
     batch, values, slots = memory_value.shape
-    slot_rows = memory_value.float().transpose(1, 2).reshape(batch * slots, values)
+    # contiguous for any batch: embedding_bag sums a strided table in another order, so a lone item
+    # (whose reshape is a view) would round differently from the same item in a batch
+    slot_rows = memory_value.float().transpose(1, 2).reshape(batch * slots, values).contiguous()
     first_row = torch.arange(batch, device=index.device).view(-1, 1, 1) * slots
     return slot_rows, (index + first_row).reshape(batch * index.shape[1], index.shape[2])
 
@@ -236,7 +238,7 @@ def topk_usage_scatter(
     with torch.autocast(query_key.device.type, enabled=False):
         weights, index = _top_weights(query_key, query_selection, memory_key, memory_shrinkage, valid, top_k)
         affinity = torch.zeros(*index.shape[:2], valid.shape[1], device=weights.device, dtype=torch.float32)
-        return affinity.scatter(2, index, weights).sum(1)
+        return _middle_sum(affinity.scatter(2, index, weights)).squeeze(1)
 
 
 def _query_major_similarity(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,
@@ -246,8 +248,15 @@ def _query_major_similarity(query_key: torch.Tensor, query_selection: torch.Tens
     qk, qe, mk = query_key.float(), query_selection.float(), memory_key.float()
     scale = memory_shrinkage.float() / math.sqrt(mk.shape[1])
     memory = torch.cat([mk * scale, mk.square() * scale, scale], dim=1)
-    query = torch.cat([2 * qk * qe, -qe, -(qe * qk.square()).sum(1, keepdim=True)], dim=1)
+    query = torch.cat([2 * qk * qe, -qe, -_middle_sum(qe * qk.square())], dim=1)
     return query.transpose(1, 2) @ memory
+
+
+def _middle_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(1, keepdim=True)`` of ``[B, L, M]`` as a product with ones, ``[B, 1, M]``: ONNX Runtime's
+    ReduceSum over a middle axis sums one batch item in another order than several, a MatMul sums
+    every item alike (so a stream rounds the same alone and in a batch)."""
+    return torch.ones_like(x[:1, :, :1]).transpose(1, 2) @ x
 
 
 def _top_weights(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,

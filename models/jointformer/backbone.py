@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vosrt.models.common import on_row_copies
+
 from .conv_stages import ConvBlock, PatchEmbed
 from .vit import LAYER_NORM_EPS, JointBlock
 
@@ -81,4 +83,4 @@ class ConvViT(nn.Module):
         ``projection`` with positional embeddings: (``[K, 1, C]``, ``[K, h*w, C]``)."""
         h, w = feature.shape[-2:]
         tokens = projection(feature.flatten(2).transpose(1, 2)) + self.grid_pos_embed(h, w)
-        return projection(summary) + self.summary_pos_embed(), tokens
+        return on_row_copies(projection, summary) + self.summary_pos_embed(), tokens
