@@ -24,9 +24,9 @@ the ``--max-streams`` of their profile per call, the rest go to further calls):
   stream, whatever their object counts (its object rows are independent). A bucket holds its own
   memory, so its tokens are gathered into the call (a copy of the memory read: the memory stays in
   each stream's preallocated buffers between frames). Backends that take any shape read each
-  bucket's memory in use, extended over empty tokens to the longest read of the call (empty tokens
-  get no weight, so the result does not change); CUDA graphs read whole buffers, gathered into
-  staging buffers kept per shape so the graphs see the same addresses every frame;
+  bucket's memory in use, and only reads of the same length share a call (a read extended to a
+  longer one would round differently); CUDA graphs read whole buffers, gathered into staging
+  buffers kept per shape so the graphs see the same addresses every frame;
 * the decoders and the mask/reference encoders: streams with the same object count (the soft
   aggregation, and each object's mask encoding, mix the objects of one stream, so one call
   needs the same ``K`` for every stream: ``BK = B x K``);

@@ -3,8 +3,7 @@ the same frame share a bucket (the same memory frames); each model's store says 
 holds. This module holds the bookkeeping they share."""
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 import torch
@@ -42,26 +41,15 @@ class Bucket:
 B = TypeVar("B", bound=Bucket)
 
 
-def shared_reads(reads: Sequence[tuple[Hashable, Bucket, Hashable]], top_k: int, whole: bool) -> list[slice]:
-    """The tokens each read of a bucket's memory takes: ``reads`` are (stream, bucket, kind of read).
+def read_windows(buckets: Sequence[Bucket], top_k: int, whole: bool) -> list[slice]:
+    """The tokens each bucket's memory read takes: the whole buffers on a fixed-shapes backend
+    (CUDA graphs), else :meth:`Bucket.tokens_to_read` (the tokens in use, at least ``top_k``).
 
-    ``whole``: every bucket's whole buffers (fixed shapes). Otherwise :meth:`Bucket.tokens_to_read`,
-    extended over empty tokens to the longest of the reads that can share a backend call: those of
-    the same kind, of buffers of the same size, and the same rank among their stream's such reads
-    (one read per stream and call). A stream's only read of its kind takes the tokens it takes alone.
-    """
-    if whole:
-        return [slice(0, bucket.capacity) for _, bucket, _ in reads]
-    rank, keys = Counter(), []
-    for stream, bucket, kind in reads:
-        rank[stream, kind, bucket.capacity] += 1
-        keys.append((kind, bucket.capacity, rank[stream, kind, bucket.capacity]))
-    alone = [bucket.tokens_to_read(top_k) for _, bucket, _ in reads]
-    longest = Counter()
-    for key, tokens in zip(keys, alone):
-        longest[key] = max(longest[key], tokens.stop - tokens.start)
-    return [tokens if tokens.stop - tokens.start == longest[key] else bucket.tokens_to_read(longest[key])
-            for key, tokens, (_, bucket, _) in zip(keys, alone, reads)]
+    Reads of several streams share a backend call only when they have the same length (the
+    :class:`~.batching.StageBatcher` groups members by shape): a read extended over empty tokens to
+    match a longer one would give the same values up to rounding only (a matrix product over more
+    columns takes other kernels), and every stream of a batch gets its own session's bits."""
+    return [slice(0, bucket.capacity) if whole else bucket.tokens_to_read(top_k) for bucket in buckets]
 
 
 def select_rows(tensor: torch.Tensor, rows: list[int], dim: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from ..batching import StageBatcher
-from ..buckets import shared_reads, write_rows
+from ..buckets import read_windows, write_rows
 from ..session import Frame, Session
 from .config import JointFormerSessionConfig
 from .reference_cache import ReferenceCache
@@ -73,8 +73,7 @@ class JointFormerSession(Session):
         queries = batcher.run("query_encoder", [(s, {"image": frame.image}) for s, frame in steps])
         reads = [(s, query["tokens"], bucket) for (s, _), query in zip(steps, queries) for bucket in s._cache.buckets]
         session = steps[0][0]
-        windows = shared_reads([(s, bucket, None) for s, _, bucket in reads], session.config.top_k,
-                               session.backend.fixed_shapes)
+        windows = read_windows([bucket for _, _, bucket in reads], session.config.top_k, session.backend.fixed_shapes)
         propagated = batcher.run("joint_propagation", [
             (s, dict(tokens=tokens.expand(len(bucket.object_ids), -1, -1), ref_keys=bucket.keys[:, :, :, read],
                      ref_values=bucket.values[:, :, :, read], ref_valid=bucket.valid[:, read]))

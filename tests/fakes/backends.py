@@ -45,9 +45,7 @@ class OneStreamPerCall(BackendWrapper):
     """Runs a stage call of B streams as B calls of one stream each (its rows of every ``B`` and
     ``BK`` tensor; with both axes ``BK = B x K``) and a stage with only ``BK`` rows (objects, each
     independent of the others) one row per call, then concatenates the outputs: what a batch
-    computes, without the kernels that round differently for another number of rows. Each call
-    reads memory (``M`` tokens, with a bool validity input) up to its last valid token only, so the
-    empty tokens a batch appends to share a call do not change the reductions' rounding either."""
+    computes, whatever a kernel might round differently for another number of rows."""
 
     def _run(self, stage: StageSpec, inputs: list[torch.Tensor]):
         axes = [t.stream_axis for t in stage.inputs]
@@ -56,20 +54,8 @@ class OneStreamPerCall(BackendWrapper):
         if parts is None:  # objects only: one row each
             parts = next((x.shape[axis] for x, axis in zip(inputs, axes) if axis is not None), 1)
         split = [x.chunk(parts, axis) if axis is not None else [x] * parts for x, axis in zip(inputs, axes)]
-        outputs = [self.inner._run(stage, _valid_memory(stage, list(part))) for part in zip(*split)]
+        outputs = [self.inner._run(stage, list(part)) for part in zip(*split)]
         return [torch.cat(column, dim=t.stream_axis) for t, column in zip(stage.outputs, zip(*outputs))]
-
-
-def _valid_memory(stage: StageSpec, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``inputs`` with every memory input's ``M`` axis cut after the last token the bool memory input
-    marks valid (unchanged without one)."""
-    memory = [(t.shape.index("M"), x) for t, x in zip(stage.inputs, inputs) if t.memory and "M" in t.shape]
-    valid = next((x.movedim(axis, -1) for axis, x in memory if x.dtype == torch.bool), None)
-    if valid is None:
-        return inputs
-    used = int(valid.reshape(-1, valid.shape[-1]).any(0).nonzero().max()) + 1 if valid.any() else valid.shape[-1]
-    return [x.narrow(t.shape.index("M"), 0, used) if t.memory and "M" in t.shape else x
-            for t, x in zip(stage.inputs, inputs)]
 
 
 class ReusedOutputBuffers(BackendWrapper):

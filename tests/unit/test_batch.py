@@ -10,11 +10,12 @@ import vosrt
 from fakes.backends import ArithmeticBackend, OneStreamPerCall, ReusedOutputBuffers
 from stream_clips import long_clip, max_dprob_per_stream, run_batched, run_independent, shapes_clip, stream_schedule
 from vosrt.api import build_network
+from vosrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from vosrt.runtime.backends.torch import TorchBackend
 from vosrt.runtime.batch import BatchSession
 from vosrt.runtime.batching import StageBatcher
 from vosrt.runtime.registry import model_spec
-from vosrt.runtime.stages import StageSpec, TensorSpec
+from vosrt.runtime.stages import StageSpec, TensorSpec, example_inputs
 
 
 def _check_parity(model, weights, backend, export_dir, streams, frames, max_dprob, **options):
@@ -39,18 +40,10 @@ def _check_exact(model, weights, streams, frames, **options):
     assert max(worst.values()) == 0, worst
 
 
-# Batched calls round differently from single-stream ones where a CPU kernel picks another algorithm for
-# another batch size (oneDNN or MLAS convolutions and small matrix products, e.g. Cutie's channel attention
-# over one object's row) or reduces over a memory read extended with empty tokens to share a call
-# (JointFormer's joint attention); random weights then amplify it over the frames, as they amplify the thread count:
-# these clips' independent sessions differ between 1 and 2 torch threads by up to 1.2e-3 (Cutie) and
-# 6.7e-4 (JointFormer). Limits: about 3x what the batch measured (comment), per model and backend.
-STREAMS_MAX_DPROB = {
-    ("cutie-small", "torch"): 5e-5,  # 1.0e-5 (4 streams; 1 and 2 streams: 0)
-    ("cutie-small", "onnxruntime"): 2e-4,  # 5.4e-5 (4 streams; 1 and 2 streams: 0)
-    ("jointformer", "torch"): 2e-3,  # 6.4e-4 (the extended reads, small matrix products)
-    ("jointformer", "onnxruntime"): 1e-5,  # 0
-}
+# Each stage computes a stream's rows alone exactly as among other streams' rows (see
+# test_each_stage_computes_a_stream_alone_as_in_a_batch), so the acceptance bound of issue 17 holds
+# with room: the batches measured 0 on the 2-core CI machine (torch and ONNX Runtime, both models).
+STREAMS_MAX_DPROB = 1e-5
 CUTIE = dict(mem_every=2, max_mem_frames=3, top_k=30, max_internal_size=128)
 CUTIE_LONG_TERM = dict(mem_every=1, max_internal_size=128, use_long_term=True, long_term_max_mem_frames=3,
                        long_term_min_mem_frames=2, long_term_num_prototypes=8, long_term_max_num_tokens=40,
@@ -63,14 +56,74 @@ JOINTFORMER = dict(mem_every=2, max_mem_frames=2, top_k=30, max_internal_size=12
 def test_cutie_streams_match_independent_sessions(streams, backend, seeded_weights, cutie_export):
     export_dir = cutie_export("cutie-small") if backend == "onnxruntime" else None
     _check_parity("cutie-small", seeded_weights("cutie-small"), backend, export_dir, streams, 9,
-                  STREAMS_MAX_DPROB["cutie-small", backend], **CUTIE)
+                  STREAMS_MAX_DPROB, **CUTIE)
 
 
+@pytest.mark.parametrize("streams", [1, 2, 4])
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
-def test_jointformer_streams_match_independent_sessions(backend, seeded_weights, jointformer_export):
+def test_jointformer_streams_match_independent_sessions(streams, backend, seeded_weights, jointformer_export):
     export_dir = jointformer_export("fp32") if backend == "onnxruntime" else None
-    _check_parity("jointformer", seeded_weights("jointformer"), backend, export_dir, 4, 6,
-                  STREAMS_MAX_DPROB["jointformer", backend], **JOINTFORMER)
+    _check_parity("jointformer", seeded_weights("jointformer"), backend, export_dir, streams, 6,
+                  STREAMS_MAX_DPROB, **JOINTFORMER)
+
+
+def _stage_invariance(family, backend, height: int, width: int, objects: int = 2, streams: int = 3) -> dict[str, float]:
+    """{stage: max |output of a stream's rows among ``streams`` streams - the same rows alone|} for random
+    inputs of every stage of ``family`` on ``backend``."""
+    sizes = family.example_sizes(backend.architecture, height, width, objects, 2, streams=streams)
+    worst = {}
+    for name, stage in family.stages.items():
+        inputs = dict(zip(stage.input_names, example_inputs(stage, sizes, seed=1)))
+        together = backend.run(name, **inputs)
+        together = {key: value.clone() for key, value in together.items()}  # the next run may reuse the buffers
+
+        def rows(spec, tensor, stream):
+            count = objects if spec.shape[spec.stream_axis] == "BK" else 1
+            return tensor.narrow(spec.stream_axis, stream * count, count)
+
+        worst[name] = 0.0
+        for stream in range(streams):
+            alone = backend.run(name, **{t.name: rows(t, inputs[t.name], stream) for t in stage.inputs})
+            for t in stage.outputs:
+                difference = (rows(t, together[t.name], stream).float() - alone[t.name].float()).abs()
+                worst[name] = max(worst[name], float(difference.max()) if difference.numel() else 0.0)
+    return worst
+
+
+@pytest.fixture()
+def two_threads():
+    """The CI machine's thread count: oneDNN blocks convolutions of one image by the thread count, and
+    with many threads it rounds a lone image differently from the same image in a batch."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("size", [(128, 176), (240, 432)], ids=["128x176", "240x432"])
+@pytest.mark.parametrize("model", ["cutie-small", "jointformer"])
+def test_each_stage_computes_a_stream_alone_as_in_a_batch(model, size, two_threads):
+    """Three streams of two objects, every stage, random weights and inputs, eager torch: each stream's
+    outputs are the bits it gets alone. Each of these rounded a lone stream differently before:
+    embedding_bag over a strided table, a conv over a strided readout, ECA's Conv1d over one row,
+    SDPA with one query, matrix products over permuted heads or of a few summary rows, sigmoid of a
+    one-channel map (scalar tail)."""
+    spec = model_spec(model)
+    config = spec.config_type(top_k=30, max_mem_frames=2)
+    torch.manual_seed(0)
+    backend = TorchBackend(spec.family, spec.family.build_network(spec.variant), config.export_settings(), "cpu")
+    worst = _stage_invariance(spec.family, backend, *size)
+    assert worst == {name: 0.0 for name in spec.family.stages}, worst
+
+
+@pytest.mark.parametrize("model", ["cutie-small", "jointformer"])
+def test_each_exported_stage_computes_a_stream_alone_as_in_a_batch(model, cutie_export, jointformer_export, two_threads):
+    """The same on ONNX Runtime, for the exports of the parity tests (Cutie's query-side channel sum
+    is a MatMul: ONNX Runtime's ReduceSum over a middle axis sums one item in another order)."""
+    spec = model_spec(model)
+    directory = cutie_export(model) if model != "jointformer" else jointformer_export("fp32")
+    worst = _stage_invariance(spec.family, OnnxRuntimeBackend(directory), 128, 176)
+    assert worst == {name: 0.0 for name in spec.family.stages}, worst
 
 
 @pytest.mark.parametrize("model, options", [("cutie-small", CUTIE), ("cutie-small", CUTIE_LONG_TERM),
