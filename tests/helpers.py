@@ -28,8 +28,8 @@ GOLDEN_MAX_DPROB = {
     ("cutie-base", "torch"): 5e-3,  # 8.6e-4
     ("cutie-small", "onnxruntime"): 6e-3,  # 2.1e-3
     ("cutie-base", "onnxruntime"): 5e-3,  # 1.5e-3
-    ("jointformer", "torch"): 2e-3,  # 6.6e-4
-    ("jointformer", "onnxruntime"): 2e-3,  # 7.4e-4
+    ("jointformer", "torch"): 2e-3,  # 6.7e-4
+    ("jointformer", "onnxruntime"): 2e-3,  # 6.5e-4
     ("cutie-small-lt-evict", "torch"): 2e-3,  # 2.4e-4 (first 8 frames)
     ("cutie-small-lt-evict", "onnxruntime"): 2e-3,  # 5.7e-4 (first 8 frames)
 }
