@@ -100,6 +100,7 @@ def two_threads():
     torch.set_num_threads(saved)
 
 
+@pytest.mark.slow  # full-size networks
 @pytest.mark.parametrize("size", [(128, 176), (240, 432)], ids=["128x176", "240x432"])
 @pytest.mark.parametrize("model", ["cutie-small", "jointformer"])
 def test_each_stage_computes_a_stream_alone_as_in_a_batch(model, size, two_threads):
