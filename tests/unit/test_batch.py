@@ -68,25 +68,23 @@ def test_jointformer_streams_match_independent_sessions(streams, backend, seeded
 
 
 def _stage_invariance(family, backend, height: int, width: int, objects: int = 2, streams: int = 3) -> dict[str, float]:
-    """{stage: max |output of a stream's rows among ``streams`` streams - the same rows alone|} for random
-    inputs of every stage of ``family`` on ``backend``."""
-    sizes = family.example_sizes(backend.architecture, height, width, objects, 2, streams=streams)
+    """{stage: max |a stream's outputs from one call with ``streams`` streams - its outputs alone|} for
+    random inputs (other draws per stream) of every stage of ``family`` on ``backend``."""
+    sizes = family.example_sizes(backend.architecture, height, width, objects, 2)
+    batcher = StageBatcher(backend)
     worst = {}
     for name, stage in family.stages.items():
-        inputs = dict(zip(stage.input_names, example_inputs(stage, sizes, seed=1)))
-        together = backend.run(name, **inputs)
-        together = {key: value.clone() for key, value in together.items()}  # the next run may reuse the buffers
-
-        def rows(spec, tensor, stream):
-            count = objects if spec.shape[spec.stream_axis] == "BK" else 1
-            return tensor.narrow(spec.stream_axis, stream * count, count)
-
+        members = [(stream, dict(zip(stage.input_names, example_inputs(stage, sizes, seed=stream))))
+                   for stream in range(streams)]
+        assert len(batcher._calls(stage, members)) == 1, name  # the streams share one call
+        together = [{key: value.clone() for key, value in outputs.items()}  # the next run may reuse buffers
+                    for outputs in batcher.run(name, members)]
         worst[name] = 0.0
-        for stream in range(streams):
-            alone = backend.run(name, **{t.name: rows(t, inputs[t.name], stream) for t in stage.inputs})
-            for t in stage.outputs:
-                difference = (rows(t, together[t.name], stream).float() - alone[t.name].float()).abs()
-                worst[name] = max(worst[name], float(difference.max()) if difference.numel() else 0.0)
+        for (_, inputs), batched in zip(members, together):
+            alone = backend.run(name, **inputs)
+            for key, value in batched.items():
+                if value.numel():
+                    worst[name] = max(worst[name], float((value.float() - alone[key].float()).abs().max()))
     return worst
 
 
