@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fakes.tensorrt import FakeTensorRT
+from vosrt import requirements
 from vosrt.cli import doctor, main
 
 
@@ -33,7 +34,7 @@ def test_missing_and_broken_packages_are_report_lines(monkeypatch, tmp_path, cap
     assert "TensorRT                broken: OSError: libnvinfer.so.10: cannot open shared object file" in out
     assert "ONNX Runtime            not installed" in out and "Triton                  not installed" in out
     assert "pip install 'vosrt[export]'" in out and "pip install 'vosrt[kernels]'" in out
-    assert "no   backend='onnxruntime' on the CPU  (needs onnxruntime >= 1.26)" in out
+    assert f"no   backend='onnxruntime' on the CPU  (needs onnxruntime{requirements.versions('onnxruntime')})" in out
 
 
 def test_an_old_onnxruntime_is_named_with_the_upgrade(monkeypatch):
@@ -59,8 +60,10 @@ def gpu_machine(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", types.SimpleNamespace(aot_impl=lambda name: None))
 
 
-def test_a_gpu_machine(gpu_machine, capsys):
-    """Triton really compiles its probe kernel for sm_90 here (no launch)."""
+def test_a_gpu_machine(gpu_machine, capsys, monkeypatch):
+    """Triton really compiles its probe kernel for sm_90 here (no launch), in a process of its own:
+    this one's Triton may be in interpreter mode (the kernel tests set TRITON_INTERPRET=1)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "GPU                     NVIDIA H200, compute capability 9.0, 143.0 GiB" in out
@@ -69,3 +72,30 @@ def test_a_gpu_machine(gpu_machine, capsys):
     assert "yes  TensorRT engines: export-engine, backend='tensorrt'" in out
     assert "yes  DLA (export-engine --dla-core)" in out
     assert "ONNX Runtime's CUDA provider (backend='onnxruntime' on CUDA):\n      " + doctor.ORT_GPU in out
+
+
+def test_a_probe_that_cannot_finish_is_not_a_verdict_on_the_gpu(gpu_machine, monkeypatch):
+    monkeypatch.setattr(doctor, "PROBE_TIMEOUT_S", 0.001)
+    facts = doctor.collect()
+    assert facts.triton_compiles == "not checked: the probe compile ran over 0.001 s"
+    assert not dict((what, ok) for what, ok, _ in doctor.abilities(facts))[
+        "Triton top-K kernels on this GPU (eager torch on CUDA)"]
+
+
+@pytest.mark.parametrize("triton, tensorrt, jetson", [("3.5.1", "10.8.0.43", False), ("3.6.0", "12.0.0", False),
+                                                      ("3.6.0", "10.3.0.30", True)])
+def test_versions_come_from_the_package_metadata(monkeypatch, triton, tensorrt, jetson):
+    """The ranges the doctor checks and prints are those of pyproject.toml's extras (as installed),
+    JetPack 6's TensorRT 10.3 excepted on a Jetson (engines without plugins, docs/jetson.md)."""
+    facts = doctor.Facts(python="3.11", platform="Linux", jetson=jetson, triton=triton, tensorrt=tensorrt,
+                         capability="9.0")
+    can_run = {what: (ok, needs) for what, ok, needs in doctor.abilities(facts)}
+    assert can_run["TensorRT engines: export-engine, backend='tensorrt'"] == (
+        jetson, f"a GPU and tensorrt{requirements.versions('tensorrt')}")
+    assert f"triton{requirements.versions('triton')}" in can_run["Triton top-K kernels on this GPU (eager torch on CUDA)"][1]
+    fixes = dict(doctor.fixes(facts))
+    if not requirements.satisfied("triton", triton):
+        assert f"Triton {triton} (vosrt's kernels need triton{requirements.versions('triton')})" in fixes
+    if not jetson:
+        assert fixes[f"TensorRT {tensorrt} (vosrt needs tensorrt{requirements.versions('tensorrt')})"] == \
+            requirements.pip_install("tensorrt")

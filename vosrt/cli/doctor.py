@@ -10,29 +10,31 @@ line of the report, never a traceback. :func:`collect` returns the same facts to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from vosrt import requirements
 
 TORCH_CUDA = "install torch's CUDA build for this driver: https://pytorch.org/get-started/locally/"
 ORT_GPU = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.26'"
 TENSORRT_JETSON = "use JetPack's TensorRT (python3-libnvinfer): see docs/jetson.md"
-TENSORRT_RANGE = ((10, 3), (12, 0))  # what vosrt's engine code runs on; plugins need 10.9
-TENSORRT_PLUGINS = (10, 9)
-TRITON_MIN = (3, 3)
-# A kernel small enough to compile in a moment: Triton is asked to build it for this GPU.
-_PROBE_KERNEL = """import triton
+JETPACK_TENSORRT = (10, 3)  # JetPack 6's TensorRT (docs/jetson.md): engines without the plugins
+PROBE_TIMEOUT_S = 600  # the probe compiles in about 2 s; only a hung compiler reaches this
+# A kernel small enough to compile in a moment: Triton is asked to build it for this GPU, in a
+# process of its own (argv[1]: the compute capability as 90), and prints whether it got a cubin.
+_PROBE = """import sys
+import triton
 import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
 
 @triton.jit
@@ -40,6 +42,11 @@ def double(x_ptr, n, BLOCK: tl.constexpr):
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     keep = offsets < n
     tl.store(x_ptr + offsets, tl.load(x_ptr + offsets, mask=keep) * 2, mask=keep)
+
+
+source = ASTSource(double, {"x_ptr": "*fp32", "n": "i32"}, constexprs={"BLOCK": 128})
+compiled = triton.compile(source, target=GPUTarget("cuda", int(sys.argv[1]), 32))
+print("cubin" if compiled.asm.get("cubin") else "no cubin")
 """
 
 
@@ -171,41 +178,32 @@ def _probe_triton(facts: Facts) -> None:
         facts.triton_compiles = "no GPU to compile for (on the CPU the kernels run under TRITON_INTERPRET=1)"
         return
     major, minor = (int(x) for x in facts.capability.split("."))
+    facts.triton_compiles = _compile_probe(major * 10 + minor)
+
+
+def _compile_probe(arch: int) -> str:
+    """Whether Triton compiles :data:`_PROBE` for ``sm_<arch>`` (PTX and cubin, no launch):
+    ``"yes (sm_90)"``, ``"no: <Triton's error>"``, or ``"not checked: <why>"`` when the probe could not run.
+
+    It compiles in a fresh process with this Python: what the GPU can run does not depend on this
+    process's Triton, which may have been imported in interpreter mode (``TRITON_INTERPRET=1``, as
+    the kernel tests do) or have run kernels that left its state changed."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     try:
-        facts.triton_compiles = f"yes (sm_{major}{minor})" if _compile_probe(major * 10 + minor) else "no"
-    except Exception as err:  # noqa: BLE001  e.g. an architecture this Triton does not know
-        facts.triton_compiles = _error(err).replace("broken: ", "no: ")
-
-
-def _compile_probe(arch: int) -> bool:
-    """Compile :data:`_PROBE_KERNEL` for ``sm_<arch>`` (PTX and cubin, no launch), also when
-    ``TRITON_INTERPRET`` is set in this process (the question is what the GPU can run)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    with tempfile.TemporaryDirectory(prefix="vosrt-doctor-") as folder, warnings.catch_warnings(), \
-            _unset("TRITON_INTERPRET"):
-        warnings.simplefilter("ignore")  # Triton's notices about its own defaults
-        path = Path(folder) / "vosrt_doctor_probe.py"
-        path.write_text(_PROBE_KERNEL)
-        spec = importlib.util.spec_from_file_location("vosrt_doctor_probe", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        source = ASTSource(module.double, {"x_ptr": "*fp32", "n": "i32"}, constexprs={"BLOCK": 128})
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
-    return bool(compiled.asm.get("cubin"))
-
-
-@contextlib.contextmanager
-def _unset(variable: str) -> Iterator[None]:
-    """The environment without ``variable`` within the block."""
-    saved = os.environ.pop(variable, None)
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ[variable] = saved
+        with tempfile.TemporaryDirectory(prefix="vosrt-doctor-") as folder:
+            probe = Path(folder) / "vosrt_doctor_probe.py"  # Triton reads a kernel's source from its file
+            probe.write_text(_PROBE)
+            done = subprocess.run([sys.executable, str(probe), str(arch)], capture_output=True, text=True, env=env,
+                                  timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"not checked: the probe compile ran over {PROBE_TIMEOUT_S} s"
+    except OSError as err:
+        return f"not checked: {_error(err).removeprefix('broken: ')}"
+    answer = done.stdout.strip().splitlines()[-1:]
+    if done.returncode == 0 and answer in (["cubin"], ["no cubin"]):
+        return f"yes (sm_{arch})" if answer == ["cubin"] else "no: Triton made no cubin"
+    errors = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    return f"no: {errors[-1] if errors else f'exit status {done.returncode}'}"
 
 
 def _probe_onnxruntime(facts: Facts) -> None:
@@ -240,26 +238,27 @@ def _probe_tensorrt(facts: Facts) -> None:
 # -- what it means ----------------------------------------------------------------------------
 
 def abilities(facts: Facts) -> list[tuple[str, bool, str]]:
-    """(what, whether it can run here, what it needs otherwise)."""
+    """(what, whether it can run here, what it needs otherwise); versions from vosrt's metadata."""
+    _ort, _trt = requirements.versions("onnxruntime"), requirements.versions("tensorrt")
     gpu = _gpu_ready(facts)
     ort = _release(facts.onnxruntime) != () and facts.ort_dlpack
     cuda_ep = "CUDAExecutionProvider" in facts.ort_providers
-    trt = TENSORRT_RANGE[0] <= _release(facts.tensorrt) < TENSORRT_RANGE[1]
-    triton = _release(facts.triton) >= TRITON_MIN
+    trt = _tensorrt_runs_engines(facts)
+    triton = requirements.satisfied("triton", facts.triton)
     return [
         ("backend='torch' on the CPU", facts.torch is not None and not facts.torch.startswith("broken"), "torch"),
         ("backend='torch' on CUDA: fp32, fp16, amp, cuda_graph", gpu, "an NVIDIA GPU and torch's CUDA build"),
         ("Triton top-K kernels on this GPU (eager torch on CUDA)",
          gpu and triton and str(facts.triton_compiles).startswith("yes") and facts.c_compiler is not None,
-         "a GPU, Triton >= 3.3 that compiles for it, and a C compiler"),
+         f"a GPU, triton{requirements.versions('triton')} that compiles for it, and a C compiler"),
         ("ONNX export (export-engine --format onnx)", _ok(facts.onnx) and ort, "the export extra"),
-        ("backend='onnxruntime' on the CPU", ort, "onnxruntime >= 1.26"),
-        ("backend='onnxruntime' on CUDA", ort and cuda_ep and gpu, "a GPU and onnxruntime-gpu >= 1.26"),
+        ("backend='onnxruntime' on the CPU", ort, f"onnxruntime{_ort}"),
+        ("backend='onnxruntime' on CUDA", ort and cuda_ep and gpu, f"a GPU and onnxruntime-gpu{_ort}"),
         ("custom-op exports on ONNX Runtime (--custom-ops)", ort and _ok(facts.onnxruntime_extensions),
          "onnxruntime-extensions"),
-        ("TensorRT engines: export-engine, backend='tensorrt'", trt and gpu, "a GPU and TensorRT 10.3-11.x"),
-        ("TensorRT custom-op plugins (--custom-ops engines)",
-         trt and gpu and facts.tensorrt_plugins and triton, "TensorRT >= 10.9 and Triton >= 3.3"),
+        ("TensorRT engines: export-engine, backend='tensorrt'", trt and gpu, f"a GPU and tensorrt{_trt}"),
+        ("TensorRT custom-op plugins (--custom-ops engines)", trt and gpu and facts.tensorrt_plugins and triton,
+         f"tensorrt{_trt} (its ahead-of-time plugins) and triton{requirements.versions('triton')}"),
         ("DLA (export-engine --dla-core)", bool(facts.dla_cores), "a Jetson with DLA cores (AGX Orin, Orin NX)"),
         ("vosrt verify", _ok(facts.polygraphy) and ort, "polygraphy and onnxruntime (the export extra)"),
     ]
@@ -272,8 +271,9 @@ def fixes(facts: Facts) -> list[tuple[str, str]]:
         found.append(("torch is a CPU build but this machine has an NVIDIA driver", TORCH_CUDA))
     if facts.triton is None:
         found.append(("Triton", "pip install 'vosrt[kernels]'"))
-    elif _release(facts.triton) < TRITON_MIN:
-        found.append((f"Triton {facts.triton} (the plugins need >= 3.3)", "pip install -U 'triton>=3.3'"))
+    elif not requirements.satisfied("triton", facts.triton):
+        found.append((f"Triton {facts.triton} (vosrt's kernels need triton{requirements.versions('triton')})",
+                       requirements.pip_install("triton").replace("install", "install -U", 1)))
     if facts.triton and _gpu_ready(facts) and facts.c_compiler is None:
         found.append(("a C compiler (Triton builds its launcher)", "install gcc (e.g. apt-get install gcc)"))
     if facts.ort_both_builds:
@@ -292,9 +292,18 @@ def fixes(facts: Facts) -> list[tuple[str, str]]:
     if facts.tensorrt is None:
         found.append(("TensorRT (engines)", TENSORRT_JETSON if facts.jetson else "pip install 'vosrt[gpu]' "
                                                                                "(on a machine with an NVIDIA GPU)"))
-    elif not TENSORRT_RANGE[0] <= _release(facts.tensorrt) < TENSORRT_RANGE[1]:
-        found.append((f"TensorRT {facts.tensorrt} (vosrt runs on 10.3-11.x)", "pip install 'tensorrt>=10.9,<12'"))
+    elif not _tensorrt_runs_engines(facts):
+        found.append((f"TensorRT {facts.tensorrt} (vosrt needs tensorrt{requirements.versions('tensorrt')})",
+                      requirements.pip_install("tensorrt")))
     return found
+
+
+def _tensorrt_runs_engines(facts: Facts) -> bool:
+    """TensorRT in vosrt's range, or JetPack 6's (10.3, below vosrt's upper bound) on a Jetson:
+    engines without the ahead-of-time plugins."""
+    return requirements.satisfied("tensorrt", facts.tensorrt) or (
+        facts.jetson and _release(facts.tensorrt) >= JETPACK_TENSORRT
+        and requirements.satisfied("tensorrt", facts.tensorrt, lower_bounds=False))
 
 
 def _ok(version: str | None) -> bool:
