@@ -11,27 +11,58 @@ from __future__ import annotations
 
 import contextlib
 import io as text_io
+import os
+import signal
 import tempfile
-from dataclasses import asdict, dataclass
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from vosrt import io
+from vosrt.runtime.errors import VosrtWarning
 from vosrt.runtime.geometry import ALIGNMENT_RULE, alignable, mask_on_frame
 
 VOID = 255  # DAVIS: pixels of the ground truth that are scored for no object
+SPARSE = 0.5  # ground truth scored on fewer than this share of the predicted frames: a warning
+
+
+@dataclass
+class Coverage:
+    """What the J&F of one video rests on. ``predicted``: how many frames have a prediction;
+    ``truth``: the frames (names without .png) with ground truth; ``scored``: those scored (all
+    but the first and last under the DAVIS protocol); ``objects``: object id -> the ground-truth
+    frames that hold it. Only objects in a scored frame's ground truth get a score."""
+
+    predicted: int
+    truth: list[str]
+    scored: list[str]
+    objects: dict[int, list[str]] = field(default_factory=dict)
+
+    @property
+    def unscored_objects(self) -> dict[int, list[str]]:
+        """Objects in the ground truth of no scored frame -> the frames that hold them."""
+        scored = set(self.scored)
+        return {obj: frames for obj, frames in self.objects.items() if not scored & set(frames)}
+
+    @property
+    def sparse(self) -> bool:
+        return len(self.scored) < SPARSE * self.predicted
 
 
 @dataclass
 class JFScore:
     """Scores in percent: ``jf`` = (J + F) / 2 over all objects of all videos;
-    ``objects``: (video, object id) -> (J, F)."""
+    ``objects``: (video, object id) -> (J, F); ``coverage``: video -> what was scored."""
 
     jf: float
     j: float
     f: float
     objects: dict[tuple[str, int], tuple[float, float]]
+    coverage: dict[str, Coverage] = field(default_factory=dict)
 
 
 def videos_in(folder: str | Path) -> dict[str, Path]:
@@ -52,7 +83,10 @@ def jf_score(pred: str | Path, gt: str | Path, skip_first_and_last: bool = True)
     """J&F of the predictions in ``pred`` against the ground truth in ``gt``, computed by
     ``vos_benchmark.benchmark`` (first and last frame skipped, as in DAVIS semi-supervised
     evaluation, unless ``skip_first_and_last`` is False). Every ground-truth frame needs a
-    prediction of the same size; predictions without ground truth are ignored."""
+    prediction of the same size; predictions without ground truth are ignored. Warns
+    (:class:`VosrtWarning`) when a video's ground truth is sparse (scored frames fewer than half
+    the predicted ones, e.g. DAVIS test sets annotate the first frame only); ValueError when no
+    frame of any video can be scored."""
     try:
         from vos_benchmark.benchmark import benchmark
     except ImportError:
@@ -63,14 +97,54 @@ def jf_score(pred: str | Path, gt: str | Path, skip_first_and_last: bool = True)
         # vos-benchmark reads <root>/<video>/*.png (and writes results.csv into the prediction
         # root): give it roots of prepared copies, so the user's folders stay as they are.
         roots = {side: Path(work) / side for side in ("pred", "gt")}
-        for name, gt_folder in gt_videos.items():
-            _prepare_video(gt_folder, pred_videos[name], roots["gt"] / name, roots["pred"] / name)
-        with contextlib.redirect_stdout(text_io.StringIO()):
+        coverage = {name: _prepare_video(gt_folder, pred_videos[name], roots["gt"] / name, roots["pred"] / name,
+                                         skip_first_and_last) for name, gt_folder in gt_videos.items()}
+        _check_coverage(coverage, skip_first_and_last)
+        with contextlib.redirect_stdout(text_io.StringIO()), _pool_workers_end_quietly():
             (jf,), (j,), (f,), (per_video,) = benchmark([str(roots["gt"])], [str(roots["pred"])], num_processes=1,
                                                         verbose=False, skip_first_and_last=skip_first_and_last)
     objects = {(video, int(obj)): (float(ious[obj]), float(fs[obj]))
                for video, (ious, fs) in per_video.items() for obj in ious}
-    return JFScore(float(jf), float(j), float(f), objects)
+    return JFScore(float(jf), float(j), float(f), objects, coverage)
+
+
+@contextlib.contextmanager
+def _pool_workers_end_quietly() -> Iterator[None]:
+    """vos-benchmark's worker processes (forked within the block) exit quietly on the SIGTERM with which
+    its pool ends them, instead of running this process's handler (the CLI's raises, and each worker
+    printed a traceback); this process keeps its handler."""
+    owner, previous = os.getpid(), signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            os._exit(0)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_coverage(coverage: dict[str, Coverage], skip_first_and_last: bool) -> None:
+    """ValueError when no video has a frame to score; a warning per video with sparse ground truth."""
+    skipped = "; the first and last are skipped (DAVIS protocol; --all-frames keeps them)" if skip_first_and_last \
+        else ""
+    if not any(c.scored for c in coverage.values()):
+        raise ValueError("no frame to score: the ground truth holds " + ", ".join(
+            f"{len(c.truth)} frame(s) of {name}" for name, c in coverage.items()) + skipped)
+    for name, c in coverage.items():
+        if c.sparse:
+            warnings.warn(f"sparse ground truth: the J&F of {name} rests on {len(c.scored)} of its {c.predicted} "
+                          f"predicted frames, with ground truth on {len(c.truth)}{skipped}. DAVIS test sets "
+                          "annotate only the first frame, which scores nothing", VosrtWarning, stacklevel=3)
 
 
 def _paired(pred_videos: dict[str, Path], gt_videos: dict[str, Path]) -> dict[str, Path]:
@@ -83,13 +157,20 @@ def _paired(pred_videos: dict[str, Path], gt_videos: dict[str, Path]) -> dict[st
     return {name: pred_videos[name] for name in gt_videos}
 
 
-def _prepare_video(gt_folder: Path, pred_folder: Path, gt_out: Path, pred_out: Path) -> None:
+def _prepare_video(gt_folder: Path, pred_folder: Path, gt_out: Path, pred_out: Path,
+                   skip_first_and_last: bool) -> Coverage:
     """Copies of each ground-truth label map and its prediction as vos-benchmark scores them
     (what it would end the process over raised as errors first): every ground-truth frame needs
-    a prediction, both label maps (not RGB), of the same size or alignable; void pixels cleared in both."""
+    a prediction, both label maps (not RGB), of the same size or alignable; void pixels cleared in both.
+    Returns what will be scored (vos-benchmark scores the ground-truth frames in name order, the
+    first and last skipped with ``skip_first_and_last``)."""
     gt_out.mkdir(parents=True)
     pred_out.mkdir(parents=True)
-    for gt_path in sorted(gt_folder.glob("*.png")):
+    gt_paths = sorted(gt_folder.glob("*.png"))
+    truth_frames = [p.stem for p in gt_paths]
+    coverage = Coverage(predicted=len(list(pred_folder.glob("*.png"))), truth=truth_frames,
+                        scored=truth_frames[1:-1] if skip_first_and_last else truth_frames)
+    for gt_path in gt_paths:
         pred_path = pred_folder / gt_path.name
         if not pred_path.is_file():
             raise ValueError(f"no prediction {pred_path} for the ground truth {gt_path}")
@@ -98,8 +179,11 @@ def _prepare_video(gt_folder: Path, pred_folder: Path, gt_out: Path, pred_out: P
         truth = _aligned_truth(truth, prediction.shape, gt_path, pred_path)
         void = truth == VOID
         truth[void], prediction[void] = 0, 0
+        for obj in np.unique(truth[truth != 0]).tolist():
+            coverage.objects.setdefault(int(obj), []).append(gt_path.stem)
         _save_labels(gt_out / gt_path.name, truth)
         _save_labels(pred_out / gt_path.name, prediction)
+    return coverage
 
 
 def _aligned_truth(truth: np.ndarray, size: tuple[int, int], gt_path: Path, pred_path: Path) -> np.ndarray:
@@ -171,15 +255,30 @@ def score_report(score: JFScore) -> dict:
     """JSON-ready form of a :class:`JFScore`."""
     return {"metric": "J&F (DAVIS protocol, vos-benchmark)", "J&F": score.jf, "J": score.j, "F": score.f,
             "objects": [{"video": video, "object": obj, "J": j, "F": f, "J&F": (j + f) / 2}
-                        for (video, obj), (j, f) in sorted(score.objects.items())]}
+                        for (video, obj), (j, f) in sorted(score.objects.items())],
+            "coverage": {video: asdict(c) | {"unscored_objects": c.unscored_objects, "sparse": c.sparse}
+                         for video, c in score.coverage.items()}}
 
 
 def format_score(score: JFScore) -> str:
+    """The table (a row per scored object, then the global figures), then what each video's
+    figures rest on: frames with and without ground truth, objects that got no score and why."""
     lines = [f"{'video':20} {'obj':>3} {'J&F':>6} {'J':>6} {'F':>6}"]
     lines += [f"{video:20} {obj:>3} {(j + f) / 2:6.1f} {j:6.1f} {f:6.1f}"
               for (video, obj), (j, f) in sorted(score.objects.items())]
     lines.append(f"{'global':20} {'':>3} {score.jf:6.1f} {score.j:6.1f} {score.f:6.1f}")
+    for video, c in score.coverage.items():
+        lines.append(f"{video}: scored {len(c.scored)} frame(s) ({_names(c.scored)}) of the {len(c.truth)} with "
+                     f"ground truth; {c.predicted - len(c.truth)} of the {c.predicted} predicted frames have none "
+                     "(not scored)")
+        for obj, frames in c.unscored_objects.items():
+            lines.append(f"  object {obj}: not in the table, its ground truth is only in unscored frame(s) "
+                         f"{_names(frames)}")
     return "\n".join(lines)
+
+
+def _names(frames: list[str], most: int = 6) -> str:
+    return ", ".join(frames[:most]) + (f", ... ({len(frames)})" if len(frames) > most else "") if frames else "none"
 
 
 def agreement_report(frames: list[FrameAgreement]) -> dict:

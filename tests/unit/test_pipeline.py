@@ -208,6 +208,54 @@ def test_eval_jf_equals_vos_benchmark_directly(tmp_path, capsys):
     assert not (pred / "results.csv").exists(), "vos-benchmark's csv must not land in the user's folder"
 
 
+def _sparse_truth(tmp_path, keep: dict[str, list[int]]):
+    """(full prediction, ground truth of only the frames in ``keep``, each holding only its listed objects)."""
+    truth, pred = SYNTHETIC / "truth", tmp_path / "pred"
+    shutil.copytree(truth, pred)
+    sparse = tmp_path / "sparse"
+    sparse.mkdir()
+    for frame, objects in keep.items():
+        labels, palette = io.read_label_map(truth / f"{frame}.png")
+        io.write_label_map(sparse / f"{frame}.png", np.where(np.isin(labels, objects), labels, 0), palette)
+    return pred, sparse
+
+
+def test_eval_says_what_it_measured(tmp_path, capfd):
+    """Ground truth on 4 of 40 frames (like the sample clip's masks): the frames scored, the frames
+    without ground truth, the objects in no scored frame, and a warning that the truth is sparse."""
+    require_shared()
+    pred, sparse = _sparse_truth(tmp_path, {"00000": [1], "00010": [1, 2], "00020": [2], "00030": [3]})
+    assert main(["eval", "--pred", str(pred), "--gt", str(sparse), "--json", str(tmp_path / "jf.json")]) == 0
+    out, err = capfd.readouterr()
+    assert "scored 2 frame(s) (00010, 00020) of the 4 with ground truth; 36 of the 40 predicted frames have none" in out
+    assert "object 3: not in the table, its ground truth is only in unscored frame(s) 00030" in out
+    assert "object 1:" not in out  # in 00010, scored
+    assert err.startswith("vosrt eval: warning: sparse ground truth: the J&F of sparse rests on 2 of its 40 "
+                          "predicted frames, with ground truth on 4; the first and last are skipped")
+    report = json.loads((tmp_path / "jf.json").read_text())
+    assert {o["object"] for o in report["objects"]} == {1, 2}
+    assert report["coverage"]["sparse"]["unscored_objects"] == {"3": ["00030"]}
+    assert report["coverage"]["sparse"]["sparse"] is True
+
+
+def test_eval_of_first_frame_only_ground_truth_is_an_error(tmp_path, capfd):
+    """DAVIS test sets annotate the first frame only: nothing to score under the DAVIS protocol."""
+    require_shared()
+    pred, sparse = _sparse_truth(tmp_path, {"00000": [1, 2, 3]})
+    assert main(["eval", "--pred", str(pred), "--gt", str(sparse)]) == 2
+    assert _one_error_line(capfd) == ("vosrt eval: error: no frame to score: the ground truth holds 1 frame(s) of "
+                                      "sparse; the first and last are skipped (DAVIS protocol; --all-frames keeps them)")
+
+
+def test_eval_of_full_ground_truth_does_not_warn(tmp_path, capfd):
+    require_shared()
+    truth = SYNTHETIC / "truth"
+    assert main(["eval", "--pred", str(_shifted_prediction(truth, tmp_path / "pred")), "--gt", str(truth)]) == 0
+    out, err = capfd.readouterr()
+    assert "scored 38 frame(s)" in out and "0 of the 40 predicted frames have none" in out
+    assert "warning" not in err and "Traceback" not in err
+
+
 def test_eval_compare_gives_per_frame_iou(tmp_path):
     require_shared()
     truth = SYNTHETIC / "truth"
