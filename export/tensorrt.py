@@ -34,6 +34,10 @@ from vosrt.runtime.artifacts import ENGINE_DIR, ENGINE_FORMAT, ONNX_FORMAT, Tens
 from .profile import TIMING_CACHE, BuildOptions
 from .trtexec import trtexec_commands
 
+class BuildEnvironmentMissing(RuntimeError):
+    """No TensorRT or no NVIDIA GPU here: engines are built on the target (the message says how)."""
+
+
 def require_build_environment(onnx_dir: str | Path, onnx_manifest: dict, options: BuildOptions,
                               engine_dir: str | Path | None = None):
     """The tensorrt module when TensorRT and a CUDA GPU are here; otherwise a RuntimeError that
@@ -51,9 +55,9 @@ def require_build_environment(onnx_dir: str | Path, onnx_manifest: dict, options
     message = (f"building TensorRT engines needs {' and '.join(missing)}, which this machine lacks. Engines must "
                f"be built on the target GPU: copy {onnx_dir} there and run export-engine --from-onnx {onnx_dir}")
     if onnx_manifest["custom_ops"]:
-        raise RuntimeError(message)
+        raise BuildEnvironmentMissing(message)
     commands = "\n".join("  " + c for c in trtexec_commands(onnx_dir, onnx_manifest, options, engine_dir))
-    raise RuntimeError(f"{message}, or\n{commands}")
+    raise BuildEnvironmentMissing(f"{message}, or\n{commands}")
 
 
 def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, options: BuildOptions = BuildOptions(),

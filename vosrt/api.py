@@ -90,6 +90,9 @@ def backend_for(export_dir: str | Path | None) -> str:
 def _backend(name: str, weights, backend: str | None, device: str, export_dir, fp16: bool, amp: bool,
              cuda_graph: bool, check_files: bool, options: dict) -> tuple[ModelSpec, SessionConfig, Backend]:
     """The model, its settings and the backend of :func:`load` and :func:`load_batch`."""
+    if export_dir is not None and not Path(export_dir).is_dir():
+        raise FileNotFoundError(f"export directory {export_dir} does not exist: export-engine makes it (TensorRT "
+                                "engines only on a machine with TensorRT and an NVIDIA GPU; see vosrt doctor)")
     backend = backend or backend_for(export_dir)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

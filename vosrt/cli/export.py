@@ -19,9 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", choices=MODEL_NAMES, help="the model to export (not with --from-onnx)")
     p.add_argument("--weights", help="checkpoint file (default: download the official one)")
     p.add_argument("--format", choices=("onnx", "engine"), default="engine",
-                   help="engine: ONNX graphs, then TensorRT engines in <output>/tensorrt (needs TensorRT and an "
-                        "NVIDIA GPU; without them the ONNX graphs are kept and the trtexec commands printed); "
-                        "onnx: graphs only")
+                   help="engine (default): ONNX graphs, then TensorRT engines in <output>/tensorrt (needs TensorRT "
+                        "and an NVIDIA GPU; without them the ONNX graphs are kept, the trtexec commands printed and "
+                        "the exit status is 0); onnx: graphs only")
     p.add_argument("--fp16", action="store_true", help="fp16 graphs (similarity, softmax and normalisations stay fp32)")
     p.add_argument("--custom-ops", action="store_true",
                    help="export Cutie's top-k readout as one vosrt::TopKReadout node, JointFormer's top-K filtered "
@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from vosrt.export.profile import BuildOptions, EngineProfile
-    from vosrt.export.tensorrt import build_engines
+    from vosrt.export.tensorrt import BuildEnvironmentMissing, build_engines
     from vosrt.export.trtexec import trtexec_commands
     from vosrt.runtime import artifacts
 
@@ -79,8 +79,16 @@ def run(args: argparse.Namespace) -> None:
         print("\n".join(trtexec_commands(onnx_dir, artifacts.read_manifest(onnx_dir, check_files=args.check_files),
                                           options, output)))
     elif args.format == "engine":
-        engines = build_engines(onnx_dir, output, options=options, progress=lambda line: print(line, flush=True),
-                                check_files=args.check_files)
+        try:
+            engines = build_engines(onnx_dir, output, options=options, progress=lambda line: print(line, flush=True),
+                                    check_files=args.check_files)
+        except BuildEnvironmentMissing as missing:
+            if args.from_onnx:
+                raise  # engines were all this command was asked for
+            # The graphs are made and kept: what a workstation without TensorRT is for (exit status 0).
+            print(f"note: no engines built: {missing}")
+            print(_next_steps(args.model, onnx_dir))
+            return
         print(f"wrote TensorRT engines and manifest.json to {engines}")
         print(_next_steps(args.model or artifacts.read_manifest(onnx_dir, check_files=False)["model"], engines))
     else:
