@@ -2,12 +2,14 @@
 model and backend."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from vosrt import cache
 from vosrt import weights as wts
 from vosrt.runtime import artifacts
 from vosrt.runtime.backends import BACKENDS
@@ -172,6 +174,7 @@ def _cached_export(spec: ModelSpec, weights, config: SessionConfig, fp16: bool) 
                                             f"{'fp16' if fp16 else 'fp32'}"
     if not (export_dir / artifacts.MANIFEST).is_file():
         export_onnx(build_network(spec.name, path), spec.name, export_dir, config=config, checkpoint=path, fp16=fp16)
+        print(cache.export_note(export_dir), file=sys.stderr)
     return export_dir
 
 

@@ -9,7 +9,6 @@ key, every shape: :func:`check_layout`) before it is renamed into the cache.
 from __future__ import annotations
 
 import http.client
-import os
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vosrt.cache import cache_dir
 from vosrt.runtime import outputs
 from vosrt.runtime.artifacts import file_digest
 from vosrt.runtime.registry import Checkpoint, model_spec
@@ -31,9 +31,6 @@ def checkpoint_for(model: str, weights: str | Path | None) -> Path:
     return fetch(model_spec(model).default_checkpoint, check=lambda path: check_layout(model, path, "the download"))
 
 
-def cache_dir() -> Path:
-    """Where downloads go: ``$VOSRT_CACHE`` or ``~/.cache/vosrt``."""
-    return Path(os.environ.get("VOSRT_CACHE", Path.home() / ".cache" / "vosrt"))
 
 
 def fetch(checkpoint: Checkpoint, progress: bool = True, check: Callable[[Path], None] | None = None) -> Path:
