@@ -16,23 +16,40 @@ from vosrt.cli import main
 from vosrt.cli.options import parse_counts, parse_resolution
 
 
-def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    """Random cutie-small weights saved once (seed 0, as bench makes them without --weights), and a
+    cache shared by this module's tests: the onnxruntime backend exports their graphs once, not
+    once per test (bench's own temporary cache is tested by the test that leaves --weights out)."""
+    from vosrt.runtime.registry import MODELS
+
+    folder = tmp_path_factory.mktemp("bench")
+    spec = MODELS["cutie-small"]
+    torch.manual_seed(0)
+    torch.save(spec.family.build_network(spec.variant).state_dict(), folder / "cutie-small-random.pth")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VOSRT_CACHE", str(folder / "cache"))
+        yield folder / "cutie-small-random.pth"
+
+
+def test_bench_cli_writes_json_and_plot(tmp_path, capsys, random_weights):
     report_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
     argv = ["bench", "cutie-small", "--backends", "torch,onnxruntime,tensorrt,torch-amp", "--resolution", "64x96",
-            "--objects", "1,2", "--frames", "2", "--warmup", "2", "--json", str(report_path), "--plot", str(plot_path)]
+            "--objects", "1,2", "--memory-frames", "2", "--frames", "2", "--warmup", "2", "--weights",
+            str(random_weights), "--json", str(report_path), "--plot", str(plot_path)]
     assert main(argv) == 0
     report = json.loads(report_path.read_text())
     assert report["command"].startswith("vosrt bench cutie-small --backends torch,onnxruntime")
     assert report["model"] == "cutie-small" and report["resolution"] == [64, 96]
-    assert report["weights"].startswith("random")
+    assert report["weights"] == str(random_weights)
     assert set(report["skipped"]) == {"tensorrt", "torch-amp"}  # this CPU machine: no CUDA
     assert "needs CUDA" in report["skipped"]["torch-amp"]
     runs = report["runs"]
     assert [(r["backend"], r["objects"], r["memory_frames"]) for r in runs] == [
-        ("torch", 1, 5), ("torch", 2, 5), ("onnxruntime", 1, 5), ("onnxruntime", 2, 5)]
+        ("torch", 1, 2), ("torch", 2, 2), ("onnxruntime", 1, 2), ("onnxruntime", 2, 2)]
     assert report["memory"].startswith("full") and report["environment"]["omp_wait_policy"]
     for r in runs:
-        assert r["frames"] == 2 and r["untimed"] == 21  # the mask frame, then 4 more memory frames, every 5th
+        assert r["frames"] == 2 and r["untimed"] == 6  # the mask frame, then the next memory frame, 5 frames later
         assert 0 < r["latency_ms"]["median"] <= r["latency_ms"]["p90"]
         assert r["fps"] == pytest.approx(2000 / (2 * r["latency_ms"]["mean"]), rel=0.01)
         assert {"image_encoder", "memory_readout", "mask_decoder"} <= set(r["graphs"])
@@ -47,6 +64,8 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     with Image.open(plot_path) as image:
         assert image.format == "PNG" and image.width > 600
     out = capsys.readouterr().out
+    assert out.startswith("vosrt bench: 2 backend(s) x 2 object count(s) x 1 memory size(s), 32 frames in all")
+    assert "\nvosrt bench: expected duration about " in out
     assert "tensorrt: skipped (" in out and "torch-amp: skipped (needs CUDA" in out
     assert out.count("\ntorch ") == 2 and out.count("\nonnxruntime ") == 2
 
@@ -72,10 +91,10 @@ def test_bench_cli_runs_jointformer_on_torch_and_onnxruntime(tmp_path):
         assert r["graphs"]["joint_propagation"]["calls_per_frame"] == 1  # one bucket: the object entered on frame 0
 
 
-def test_bench_streams_reports_batched_and_sequential_throughput(tmp_path, capsys):
+def test_bench_streams_reports_batched_and_sequential_throughput(tmp_path, capsys, random_weights):
     report_path = tmp_path / "streams.json"
     argv = ["bench", "cutie-small", "--backends", "torch,onnxruntime", "--resolution", "48x64", "--streams", "1,3",
-            "--frames", "2", "--warmup", "1", "--fill", "--json", str(report_path)]
+            "--frames", "2", "--warmup", "1", "--fill", "--weights", str(random_weights), "--json", str(report_path)]
     assert main(argv) == 0
     report = json.loads(report_path.read_text())
     assert report["streams"] == [1, 3]
@@ -161,7 +180,63 @@ def test_a_backend_that_fails_to_load_is_skipped_with_the_reason(monkeypatch):
 
     monkeypatch.setattr(measure, "load", load)
     report = measure.run_benchmark(BenchSettings("cutie-small", ["torch", "onnxruntime"], resolution=(32, 48),
-                                                 frames=1, warmup=1))
+                                                 memory_frames=[1], frames=1, warmup=1))
     assert report["skipped"] == {"onnxruntime": "cannot load: device='cuda' needs onnxruntime-gpu"}
     assert [r["backend"] for r in report["runs"]] == ["torch"]
     assert os.environ.get("VOSRT_CACHE") == cache_before  # the temporary cache of random weights is gone
+
+
+def _report(backends=("torch", "onnxruntime"), objects=(1, 3), memory=(1, 2, 5)) -> dict:
+    """A report as run_benchmark writes it, with made-up latencies."""
+    runs = [{"backend": b, "objects": k, "memory_frames": t,
+             "latency_ms": {"median": 10.0 * (i + 1) + k + t, "p10": 9.0 * (i + 1) + k + t,
+                            "p90": 12.0 * (i + 1) + k + t, "mean": 10.5 * (i + 1) + k + t}}
+            for i, b in enumerate(backends) for k in objects for t in memory]
+    return {"runs": runs, "model": "cutie-small", "resolution": [480, 854], "weights": "random",
+            "environment": {"device": "cpu"}}
+
+
+def test_plot_tells_backends_apart_by_colour_and_line_style_in_every_panel():
+    pytest.importorskip("matplotlib")
+    from matplotlib import colors
+
+    from vosrt.bench import report
+
+    fig = report.figure(_report())
+    panels = fig.axes
+    assert [p.get_xlabel() for p in panels] == ["memory frames (max_mem_frames)", "objects"]
+    styles = {}
+    for panel in panels:
+        for line in panel.get_lines():
+            backend = line.get_label().split(",")[0]
+            styles.setdefault(backend, set()).add((colors.to_hex(line.get_color()), line.get_linestyle()))
+        assert len(panel.collections) == len(panel.get_lines())  # a p10-p90 band per line
+    assert all(len(s) == 1 for s in styles.values()), styles  # one colour and style per backend, every panel
+    (torch_style,), (ort_style,) = styles["torch"], styles["onnxruntime"]
+    assert torch_style[0] != ort_style[0] and torch_style[1] != ort_style[1]
+    assert list(panels[0].get_xticks()) == [1, 2, 5] and list(panels[1].get_xticks()) == [1, 3]  # measured only
+    labels = [line.get_label() for panel in panels for line in panel.get_lines()]
+    assert "torch, 1 object" in labels and "torch, 3 objects" in labels
+    assert "onnxruntime, 1 memory frame" in labels and "onnxruntime, 5 memory frames" in labels
+
+
+def test_plot_of_one_configuration_shows_p10_to_p90():
+    pytest.importorskip("matplotlib")
+    from vosrt.bench import report
+
+    fig = report.figure(_report(objects=(1,), memory=(1,)))
+    (panel,) = fig.axes
+    assert panel.get_title() == "1 object, 1 memory frame (whisker: p10-p90)"
+    (bars,) = [c for c in panel.containers if hasattr(c, "errorbar")]
+    whiskers = bars.errorbar.lines[2][0].get_segments()
+    assert [(float(s[0][1]), float(s[1][1])) for s in whiskers] == [(11.0, 14.0), (20.0, 26.0)]
+
+
+def test_bench_says_what_it_will_run_and_for_how_long():
+    settings = BenchSettings("cutie-small", ["torch", "onnxruntime"], objects=[1, 3], memory_frames=[5])
+    line = measure.plan([BENCH_BACKENDS["torch"], BENCH_BACKENDS["onnxruntime"]], settings, 124)
+    assert line == ("vosrt bench: 2 backend(s) x 2 object count(s) x 1 memory size(s), 124 frames in all; the "
+                    "expected duration follows the first frame")
+    assert measure.expected_duration(124, 3.1).startswith("vosrt bench: expected duration about 6 min (124 frames at "
+                                                          "3.10 s, the first frame's time;")
+    assert "about 12 s" in measure.expected_duration(10, 1.2)

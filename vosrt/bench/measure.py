@@ -88,7 +88,7 @@ class HostPeakMemory:
 @dataclass
 class Run:
     """One measurement. Latencies in ms over the timed frames (after ``untimed`` frames); ``graphs``:
-    per stage, the median, p90 and mean ms of one call and the calls per frame;
+    per stage, the median, p10, p90 and mean ms of one call and the calls per frame;
     ``outside_graphs_ms``: mean frame time not spent in stage calls."""
 
     backend: str
@@ -110,7 +110,7 @@ class Run:
 class StreamRun:
     """One stream count. FPS count the frames of all streams per second (aggregate); ``per_stream_fps``
     is each stream's frame rate in the batch; ``speedup``: batched over sequential aggregate FPS;
-    ``batched_ms``: median, p90 and mean of one batched step (a frame of every stream)."""
+    ``batched_ms``: median, p10, p90 and mean of one batched step (a frame of every stream)."""
 
     backend: str
     objects: int
@@ -138,6 +138,8 @@ def _measure_streams(batch: BatchSession, backend: str, objects: int, memory_fra
         frames = {stream: (images[index], mask) if index == 0 else images[index]
                   for stream, (images, mask) in enumerate(clips)}
         together = _timed_steps(batch, [{("batched", stream): frame for stream, frame in frames.items()}])
+        if bar.n == 0:
+            bar.write(expected_duration(bar.total, together / len(clips)))  # per frame of one stream
         one_by_one = _timed_steps(batch, [{("sequential", stream): frame} for stream, frame in frames.items()])
         if index >= untimed:
             batched.append(together)
@@ -186,6 +188,7 @@ def run_benchmark(settings: BenchSettings) -> dict:
                                                     for t in settings.memory_frames)
     if settings.streams:
         total_frames *= 2 * sum(streams)  # batched and sequential copies, every stream's frames
+    print(plan(backends, settings, total_frames), flush=True)
     with _weights_file(settings) as weights, tqdm(total=total_frames, unit="frame", desc="bench") as bar:
         for backend in backends:
             for memory_frames in settings.memory_frames:
@@ -281,6 +284,8 @@ def _measure(session: Session, backend: str, objects: int, memory_frames: int, i
             synchronize(device)
             if index >= warmup:
                 latencies.append((time.perf_counter() - start) * 1000)
+            if bar.n == 0:
+                bar.write(expected_duration(bar.total, time.perf_counter() - start))
             bar.update()
     finally:
         session.backend = timed.inner
@@ -296,13 +301,30 @@ def _measure(session: Session, backend: str, objects: int, memory_frames: int, i
                load_s=round(load_s, 2))
 
 
+def plan(backends: list[BenchBackend], settings: BenchSettings, total_frames: int) -> str:
+    """The line printed before the benchmark starts: what it runs, and when the duration is known."""
+    grid = [f"{len(backends)} backend(s)", f"{len(settings.objects)} object count(s)",
+            f"{len(settings.memory_frames)} memory size(s)"] + ([f"{len(settings.streams)} stream count(s)"]
+                                                               if settings.streams else [])
+    return (f"vosrt bench: {' x '.join(grid)}, {total_frames} frames in all; the expected duration follows the first "
+            "frame")
+
+
+def expected_duration(total_frames: int, first_frame_s: float) -> str:
+    """The line printed after the first frame: the whole run at that frame's pace."""
+    minutes = total_frames * first_frame_s / 60
+    pace = f"about {minutes:.0f} min" if minutes >= 1.5 else f"about {max(minutes * 60, 1):.0f} s"
+    return (f"vosrt bench: expected duration {pace} ({total_frames} frames at {first_frame_s:.2f} s, the first "
+            "frame's time; loading each backend comes on top: an ONNX export takes a minute or more)")
+
+
 def _fps(fps: float) -> float:
     return float(f"{fps:.4g}")
 
 
 def _summary(ms: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(ms), 2), "p90": round(float(np.percentile(ms, 90)), 2),
-            "mean": round(statistics.fmean(ms), 2)}
+    return {"median": round(statistics.median(ms), 2), "p10": round(float(np.percentile(ms, 10)), 2),
+            "p90": round(float(np.percentile(ms, 90)), 2), "mean": round(statistics.fmean(ms), 2)}
 
 
 def _add_speedups(runs: list[Run]) -> None:

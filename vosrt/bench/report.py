@@ -49,16 +49,27 @@ def require_matplotlib() -> None:
 
 
 def plot(report: dict, path: str | Path) -> None:
-    """Median latency per frame: one panel per setting the report varies (memory frames, object
-    count; a line per backend and the other setting), or, for a single configuration, one bar per
-    backend with its median and p90. Written through a staged file (complete or not at all)."""
+    """:func:`figure` written as a PNG through a staged file (complete or not at all)."""
+    import matplotlib.pyplot as plt
+
+    from vosrt.runtime import outputs
+
+    fig = figure(report)
+    with outputs.staged_file(path) as partial:
+        fig.savefig(partial, dpi=120, format="png")
+    plt.close(fig)
+
+
+def figure(report: dict):
+    """Latency per frame: one panel per setting the report varies (memory frames, object count;
+    a line per backend and value of the other setting), or, for a single configuration, one bar
+    per backend with its median and p10-p90. A backend has the same colour and line style in
+    every panel."""
     require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from vosrt.runtime import outputs
 
     runs = report["runs"]
     varied = [(axis, other) for axis, other in (("memory_frames", "objects"), ("objects", "memory_frames"))
@@ -73,39 +84,63 @@ def plot(report: dict, path: str | Path) -> None:
     fig.suptitle(f"{report['model']} {h}x{w}, {report['environment']['device']}, {report['weights']} weights",
                  fontsize=10)
     fig.tight_layout()
-    with outputs.staged_file(path) as partial:
-        fig.savefig(partial, dpi=120, format="png")
-    plt.close(fig)
+    return fig
 
 
 _AXIS_LABELS = {"memory_frames": "memory frames (max_mem_frames)", "objects": "objects"}
-_LINE_LABELS = {"memory_frames": "{} mem frames", "objects": "{} obj"}
+_NOUNS = {"memory_frames": "memory frame", "objects": "object"}
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def counted(count: int, noun: str) -> str:
+    """``counted(1, "object")`` -> ``"1 object"``; ``counted(5, "memory frame")`` -> ``"5 memory frames"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def backend_styles(runs: list[dict]) -> dict[str, dict]:
+    """A colour and a line style per backend, in the order the report has them: the same in every panel."""
+    import matplotlib.pyplot as plt
+
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    backends = dict.fromkeys(r["backend"] for r in runs)
+    return {b: {"color": colours[i % len(colours)], "linestyle": LINE_STYLES[i % len(LINE_STYLES)]}
+            for i, b in enumerate(backends)}
 
 
 def _lines(panel, runs: list[dict], axis: str, other: str) -> None:
-    """Median latency against ``axis``, one line per backend and value of ``other``."""
-    from matplotlib.ticker import MaxNLocator
-
-    for backend in dict.fromkeys(r["backend"] for r in runs):
+    """Median latency against ``axis`` (ticks at the measured values only), one line per backend
+    (colour and line style) and value of ``other`` (marker), the p10-p90 spread shaded."""
+    styles = backend_styles(runs)
+    others = sorted({r[other] for r in runs})
+    for backend, style in styles.items():
         mine = [r for r in runs if r["backend"] == backend]
         for value in sorted({r[other] for r in mine}):
-            points = sorted((r[axis], r["latency_ms"]["median"]) for r in mine if r[other] == value)
-            panel.plot(*zip(*points), marker="o", label=f"{backend}, {_LINE_LABELS[other].format(value)}")
+            points = sorted((r[axis], r["latency_ms"]) for r in mine if r[other] == value)
+            x = [p[0] for p in points]
+            panel.plot(x, [p[1]["median"] for p in points], marker=MARKERS[others.index(value) % len(MARKERS)],
+                       label=f"{backend}, {counted(value, _NOUNS[other])}", **style)
+            panel.fill_between(x, [p[1]["p10"] for p in points], [p[1]["p90"] for p in points],
+                               color=style["color"], alpha=0.15, linewidth=0)
+    panel.set_xticks(sorted({r[axis] for r in runs}))
     panel.set_xlabel(_AXIS_LABELS[axis])
-    panel.xaxis.set_major_locator(MaxNLocator(integer=True))
-    panel.set_ylabel("median latency per frame (ms)")
+    panel.set_ylabel("latency per frame (ms): median, p10-p90 shaded")
     panel.grid(alpha=0.3)
     panel.legend(fontsize=8)
 
 
 def _bars(panel, runs: list[dict]) -> None:
-    """One configuration: a bar per backend (median), its p90 as a whisker, the values written on."""
+    """One configuration: a bar per backend (median) in its colour, the p10-p90 spread as a whisker,
+    the values written on."""
+    styles = backend_styles(runs)
     names = [r["backend"] for r in runs]
     medians = [r["latency_ms"]["median"] for r in runs]
-    p90 = [r["latency_ms"]["p90"] - m for r, m in zip(runs, medians)]
-    bars = panel.bar(names, medians, yerr=[[0] * len(runs), p90], capsize=4, color="tab:blue", alpha=0.8)
+    spread = [[m - r["latency_ms"]["p10"] for r, m in zip(runs, medians)],
+              [r["latency_ms"]["p90"] - m for r, m in zip(runs, medians)]]
+    bars = panel.bar(names, medians, yerr=spread, capsize=4, color=[styles[n]["color"] for n in names], alpha=0.8)
     panel.bar_label(bars, labels=[f"{m:.1f} ms" for m in medians], label_type="center", color="white", fontsize=9)
     run = runs[0]
-    panel.set_title(f"{run['objects']} object(s), {run['memory_frames']} memory frames (whisker: p90)", fontsize=9)
+    panel.set_title(f"{counted(run['objects'], 'object')}, {counted(run['memory_frames'], 'memory frame')} "
+                    "(whisker: p10-p90)", fontsize=9)
     panel.set_ylabel("median latency per frame (ms)")
     panel.grid(axis="y", alpha=0.3)
