@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
+from vosrt.io import IMAGE_SUFFIXES, OverlayVideoWriter
 from vosrt.pipeline import DEFAULT_FPS
 from vosrt.runtime.backends import BACKENDS
 from vosrt.runtime.registry import MODEL_NAMES
@@ -26,16 +27,16 @@ def add_parser(sub) -> None:
     p.add_argument("model", choices=MODEL_NAMES)
     p.add_argument("--weights", help="checkpoint file (default: download the official one)")
     p.add_argument("--input", "--images", dest="input", required=True, action="append",
-                   help="image folder (jpg/png, in name order), video file, or camera index (0, 1, ...); repeat "
-                        "for several videos at once")
+                   help=f"image folder ({image_types()}, in name order), video file OpenCV can decode (mp4, avi, "
+                        "...), or camera index (0, 1, ...); repeat for several videos at once")
     p.add_argument("--masks", required=True, action="append",
                    help="PNG label map of the first frame, or a folder of them (one per --input)")
     p.add_argument("--output", action="append",
                    help="folder for the palette PNG label maps (new or empty; not inside --input or --masks; one per "
                         "--input)")
     p.add_argument("--overlay", action="append",
-                   help="video file (.mp4/.avi) of the frames with the masks blended in (H.264 where OpenCV can "
-                        "encode it; one per --input)")
+                   help=f"video file ({overlay_types()}) of the frames with the masks blended in (H.264 where OpenCV "
+                        "can encode it; one per --input)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --output, replacing only the label maps this run writes, and replace "
                         "an existing --overlay")
@@ -58,6 +59,17 @@ def add_parser(sub) -> None:
                    help="torch or tensorrt (CUDA): replay each stage as a CUDA graph while shapes stay the same")
     add_inference_options(p)
     p.set_defaults(run=run)
+
+
+def image_types() -> str:
+    """The image files an --input folder may hold, as the help and docs/cli.md list them: ``jpg, jpeg, ...``."""
+    return ", ".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
+
+
+def overlay_types() -> str:
+    """The --overlay video files: ``.mp4, .mov, .mkv or .avi``."""
+    suffixes = list(OverlayVideoWriter.CODECS)
+    return ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
 
 
 def run(args: argparse.Namespace) -> None:
