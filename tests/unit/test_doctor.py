@@ -99,3 +99,15 @@ def test_versions_come_from_the_package_metadata(monkeypatch, triton, tensorrt, 
     if not jetson:
         assert fixes[f"TensorRT {tensorrt} (vosrt needs tensorrt{requirements.versions('tensorrt')})"] == \
             requirements.pip_install("tensorrt")
+
+
+def test_two_opencv_builds_are_named_with_the_fix():
+    """opencv-python (what vosrt and vos-benchmark require) beside -headless: one cv2, two packages."""
+    facts = doctor.Facts(python="3.11", platform="Linux", jetson=False,
+                         opencv=("opencv-python", "opencv-python-headless"))
+    fixes = dict(doctor.fixes(facts))
+    assert fixes["opencv-python and opencv-python-headless installed together (one cv2 module: they overwrite each other)"] \
+        == ("pip uninstall -y opencv-python-headless && pip install --force-reinstall --no-deps "
+            f"'opencv-python{requirements.versions('opencv-python')}'")
+    assert not [what for what, _ in doctor.fixes(doctor.Facts(python="3.11", platform="Linux", jetson=False,
+                                                              opencv=("opencv-python",))) if "opencv" in what]

@@ -77,6 +77,7 @@ class Facts:
     tensorrt: str | None = None
     tensorrt_plugins: bool = False
     dla_cores: int | None = None
+    opencv: tuple[str, ...] = ()  # the installed OpenCV distributions (each writes the one cv2 module)
 
 
 def add_parser(sub) -> None:
@@ -101,6 +102,8 @@ def collect() -> Facts:
     _probe_torch(facts)
     _probe_triton(facts)
     _probe_onnxruntime(facts)
+    facts.opencv = tuple(sorted({d.metadata["Name"].lower() for d in importlib.metadata.distributions()
+                                 if d.metadata["Name"] and d.metadata["Name"].lower().startswith("opencv-")}))
     facts.onnx, facts.polygraphy = (_version(_import(name)) for name in ("onnx", "polygraphy"))
     _probe_tensorrt(facts)
     return facts
@@ -287,6 +290,12 @@ def fixes(facts: Facts) -> list[tuple[str, str]]:
                       "pip install -U 'onnxruntime>=1.26'"))
     if _gpu_ready(facts) and facts.onnxruntime and "CUDAExecutionProvider" not in facts.ort_providers:
         found.append(("ONNX Runtime's CUDA provider (backend='onnxruntime' on CUDA)", ORT_GPU))
+    wanted = requirements.requirement("opencv-python").name
+    if len(facts.opencv) > 1 and wanted in facts.opencv:
+        others = [name for name in facts.opencv if name != wanted]
+        found.append((f"{' and '.join(facts.opencv)} installed together (one cv2 module: they overwrite each other)",
+                      f"pip uninstall -y {' '.join(others)} && pip install --force-reinstall --no-deps "
+                      f"'{wanted}{requirements.versions(wanted)}'"))
     if facts.onnxruntime_extensions is None:
         found.append(("onnxruntime-extensions (custom-op exports on ONNX Runtime)", "pip install 'vosrt[export]'"))
     if facts.tensorrt is None:
@@ -329,6 +338,7 @@ def format_report(facts: Facts) -> str:
             ("ONNX Runtime", f"{facts.onnxruntime or 'not installed'}; providers: {providers}"),
             ("onnxruntime-extensions", facts.onnxruntime_extensions or "not installed"),
             ("onnx", facts.onnx or "not installed"),
+            ("OpenCV", ", ".join(facts.opencv) or "not installed"),
             ("Polygraphy", facts.polygraphy or "not installed"),
             ("TensorRT", tensorrt)]
     lines = ["found"] + [f"  {name:24}{value}" for name, value in rows]
