@@ -98,6 +98,18 @@ def check_label_map(path: str | Path) -> None:
         raise OSError(f"could not write {path}: it does not read back ({err}); disk full?") from None
 
 
+def opencv():
+    """The cv2 module; a RuntimeError with the fix when it cannot load (opencv-python needs libGL,
+    which minimal Linux images lack)."""
+    try:
+        import cv2
+    except ImportError as err:
+        raise RuntimeError(f"OpenCV (cv2) does not load: {err}. On a minimal Linux image: apt-get install libgl1 "
+                           "libglib2.0-0, or pip uninstall -y opencv-python && pip install opencv-python-headless "
+                           "(not with vosrt[eval], whose vos-benchmark requires opencv-python)") from None
+    return cv2
+
+
 # -- frame sources: an image folder, a video file or a camera ------------------------------
 
 @dataclass(frozen=True)
@@ -151,7 +163,7 @@ class CaptureSource(FrameSource):
     a file OpenCV cannot decode or a camera that is not there fails here, not mid-stream."""
 
     def __init__(self, target: str | int):
-        import cv2
+        cv2 = opencv()
 
         is_camera = isinstance(target, int)
         self.description = f"camera {target}" if is_camera else f"video {target}"
@@ -171,7 +183,7 @@ class CaptureSource(FrameSource):
 
     def __iter__(self) -> Iterator[Frame]:
         """The frames; a :class:`VosrtWarning` when a file ends before the frame count its header gives."""
-        import cv2
+        cv2 = opencv()
 
         if self._first is None:
             raise RuntimeError(f"{self.description} can be read only once")
@@ -255,7 +267,7 @@ def overlay_video(path: str | Path, fps: float, size: tuple[int, int], palette: 
 
 def count_frames(path: str | Path) -> int:
     """Frames OpenCV can read from the video file at ``path``."""
-    import cv2
+    cv2 = opencv()
 
     with _native_stderr_silenced():
         capture = cv2.VideoCapture(str(path))
@@ -285,7 +297,7 @@ class OverlayVideoWriter:
 
     def __init__(self, path: str | Path, codecs: tuple[str, ...], fps: float, size: tuple[int, int],
                  palette: list[int] | None = None, alpha: float = 0.5):
-        import cv2
+        cv2 = opencv()
 
         self.path = Path(path)
         for self.codec in codecs:
@@ -307,7 +319,7 @@ class OverlayVideoWriter:
 
     def write(self, image: np.ndarray, labels: np.ndarray) -> None:
         """image ``HxWx3`` uint8 RGB, labels ``HxW`` integer label map of the same size."""
-        import cv2
+        cv2 = opencv()
 
         blended = image.astype(np.float32)
         objects = labels > 0

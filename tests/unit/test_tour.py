@@ -36,3 +36,17 @@ def test_export_engine_without_tensorrt_keeps_the_graphs_and_exits_0(monkeypatch
     assert out.startswith("note: no engines built: building TensorRT engines needs an NVIDIA GPU")
     assert f"trtexec --onnx={graphs}/image_encoder.onnx" in out
     assert f"export-engine --from-onnx {graphs}" in out  # the next steps
+
+
+def test_an_opencv_that_cannot_load_is_one_line_with_the_fix(monkeypatch, tmp_path, capsys):
+    """opencv-python (one cv2 for vosrt and vos-benchmark) needs libGL, which minimal Linux images lack."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError, as without libGL
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\0")
+    assert main(["segment", "cutie-small", "--input", str(video), "--masks", str(SYNTHETIC / "masks" / "00000.png"),
+                 "--overlay", str(tmp_path / "out.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vosrt segment: error: OpenCV (cv2) does not load: ") and err.count("\n") == 1
+    assert "apt-get install libgl1 libglib2.0-0" in err
