@@ -83,3 +83,18 @@ def test_the_readme_test_command_is_the_quick_tier_and_ci_runs_it_first():
     ci = [line.split("  #")[0].strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if "pytest" in line and not line.lstrip().startswith("#")]
     assert ci == ['python -m pytest -q -rs -m "not slow"', "python -m pytest -q -rs -m slow"]
+
+
+def test_every_option_with_a_default_names_it_in_its_help():
+    """docs/cli.md: options with a default name it in --help."""
+    import argparse
+
+    from vosrt.cli import export_engine_parser
+
+    parser = build_parser()
+    parsers = dict(next(a for a in parser._actions if a.dest == "command").choices)
+    parsers["export-engine"] = export_engine_parser()
+    silent = [(name, action.option_strings) for name, sub in parsers.items() for action in sub._actions
+              if action.default not in (None, False, True, argparse.SUPPRESS) and action.dest != "help"
+              and "default" not in (action.help or "")]
+    assert silent == []

@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
                    help="time the frames while the memory fills up (what a short clip costs) instead of a full memory")
     p.add_argument("--weights", help="checkpoint file (default: random weights; the timing does not depend on them)")
     p.add_argument("--engine-dir", help="tensorrt: a directory built by export-engine on this GPU")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the clip")
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--plot", help="write a PNG plot of latency vs memory frames and vs objects here (needs matplotlib)")
