@@ -236,7 +236,8 @@ def test_bench_says_what_it_will_run_and_for_how_long():
     settings = BenchSettings("cutie-small", ["torch", "onnxruntime"], objects=[1, 3], memory_frames=[5])
     line = measure.plan([BENCH_BACKENDS["torch"], BENCH_BACKENDS["onnxruntime"]], settings, 124)
     assert line == ("vosrt bench: 2 backend(s) x 2 object count(s) x 1 memory size(s), 124 frames in all; the "
-                    "expected duration follows the first frame")
-    assert measure.expected_duration(124, 3.1).startswith("vosrt bench: expected duration about 6 min (124 frames at "
-                                                          "3.10 s, the first frame's time;")
-    assert "about 12 s" in measure.expected_duration(10, 1.2)
+                    "expected duration follows the first timed frame")
+    assert measure.expected_duration(30, 100, 3.3).startswith(
+        "vosrt bench: expected duration about 6 min in all (30 s so far, then 100 frames at 3.30 s, the first timed "
+        "frame's pace;")
+    assert "about 12 s in all" in measure.expected_duration(2, 10, 1.0)

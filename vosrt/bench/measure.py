@@ -138,8 +138,8 @@ def _measure_streams(batch: BatchSession, backend: str, objects: int, memory_fra
         frames = {stream: (images[index], mask) if index == 0 else images[index]
                   for stream, (images, mask) in enumerate(clips)}
         together = _timed_steps(batch, [{("batched", stream): frame for stream, frame in frames.items()}])
-        if bar.n == 0:
-            bar.write(expected_duration(bar.total, together / len(clips)))  # per frame of one stream
+        if index == untimed:
+            _estimate_once(bar, together / len(clips), bar.total - bar.n - len(clips))  # per frame of a stream
         one_by_one = _timed_steps(batch, [{("sequential", stream): frame} for stream, frame in frames.items()])
         if index >= untimed:
             batched.append(together)
@@ -284,8 +284,8 @@ def _measure(session: Session, backend: str, objects: int, memory_frames: int, i
             synchronize(device)
             if index >= warmup:
                 latencies.append((time.perf_counter() - start) * 1000)
-            if bar.n == 0:
-                bar.write(expected_duration(bar.total, time.perf_counter() - start))
+            if index == warmup:
+                _estimate_once(bar, latencies[-1] / 1000, bar.total - bar.n - 1)
             bar.update()
     finally:
         session.backend = timed.inner
@@ -307,15 +307,26 @@ def plan(backends: list[BenchBackend], settings: BenchSettings, total_frames: in
             f"{len(settings.memory_frames)} memory size(s)"] + ([f"{len(settings.streams)} stream count(s)"]
                                                                if settings.streams else [])
     return (f"vosrt bench: {' x '.join(grid)}, {total_frames} frames in all; the expected duration follows the first "
-            "frame")
+            "timed frame")
 
 
-def expected_duration(total_frames: int, first_frame_s: float) -> str:
-    """The line printed after the first frame: the whole run at that frame's pace."""
-    minutes = total_frames * first_frame_s / 60
-    pace = f"about {minutes:.0f} min" if minutes >= 1.5 else f"about {max(minutes * 60, 1):.0f} s"
-    return (f"vosrt bench: expected duration {pace} ({total_frames} frames at {first_frame_s:.2f} s, the first "
-            "frame's time; loading each backend comes on top: an ONNX export takes a minute or more)")
+def _estimate_once(bar: tqdm, frame_s: float, frames_left: int) -> None:
+    """At the first timed frame (the memory full, as in every timed frame): the expected duration, once."""
+    if not getattr(bar, "estimated", False):
+        bar.estimated = True
+        bar.write(expected_duration(bar.format_dict["elapsed"], frames_left, frame_s))
+
+
+def expected_duration(elapsed_s: float, frames_left: int, frame_s: float) -> str:
+    """The whole run: ``elapsed_s`` so far, then ``frames_left`` at ``frame_s`` each."""
+    return (f"vosrt bench: expected duration about {_duration(elapsed_s + frames_left * frame_s)} in all "
+            f"({_duration(elapsed_s)} so far, then {frames_left} frames at {frame_s:.2f} s, the first timed frame's "
+            "pace; more objects take longer, and loading each further backend comes on top: an ONNX export takes a "
+            "minute or more)")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(seconds, 1):.0f} s"
 
 
 def _fps(fps: float) -> float:
