@@ -241,3 +241,16 @@ def test_bench_says_what_it_will_run_and_for_how_long():
         "vosrt bench: expected duration about 6 min in all (30 s so far, then 100 frames at 3.30 s, the first timed "
         "frame's pace;")
     assert "about 12 s in all" in measure.expected_duration(2, 10, 1.0)
+
+
+@pytest.mark.parametrize("load, busy", [(1.5, False), (7.9, True)])
+def test_a_busy_machine_is_named_below_the_table(load, busy):
+    from vosrt.bench import report
+
+    environment = {"device": "cpu", "torch_threads": 2, "cpu_count": 2, "load_average_1min_at_start": 0.2,
+                   "load_average_1min_at_end": load}
+    table = report.format_table(_report() | {"environment": environment, "memory": "full", "skipped": {}} | {
+        "runs": [r | {"graphs": {}, "fps": 1.0, "speedup_vs_torch": None, "peak_host_mb": 1.0,
+                      "outside_graphs_ms": 0.0} for r in _report()["runs"]]})
+    note = f"note: the machine was busy (load average {load} on 2 CPUs)"
+    assert (note in table) == busy

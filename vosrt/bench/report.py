@@ -16,6 +16,10 @@ def format_table(report: dict) -> str:
              f"{env['device']} ({env['torch_threads']} torch threads{policy}{load}); memory {report['memory']}"]
     lines += _stream_rows(report["runs"]) if report.get("streams") else _latency_rows(report["runs"])
     lines += [f"{name}: skipped ({reason})" for name, reason in report["skipped"].items()]
+    busiest = max((env.get(f"load_average_1min_at_{when}", 0) for when in ("start", "end")), default=0)
+    if env.get("cpu_count") and busiest > env["cpu_count"]:
+        lines.append(f"note: the machine was busy (load average {busiest} on {env['cpu_count']} CPUs): other work "
+                     "slows the backends unevenly, so these latencies and speed-ups are not the machine's; rerun idle")
     return "\n".join(lines)
 
 
