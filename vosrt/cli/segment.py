@@ -56,6 +56,10 @@ def add_parser(sub) -> None:
     p.add_argument("--amp", action="store_true", help="torch (CUDA): the official AMP, the whole step under autocast")
     p.add_argument("--cuda-graph", action="store_true",
                    help="torch or tensorrt (CUDA): replay each stage as a CUDA graph while shapes stay the same")
+    p.add_argument("--server", action="append", metavar="HOST:PORT",
+                   help="segment on Triton Inference Server (gRPC address; repeat for several servers, streams "
+                        "placed by hashing): the model and its options are the served repository's (vosrt "
+                        "export-triton); docs/serving.md")
     add_inference_options(p)
     p.set_defaults(run=run)
 
@@ -72,7 +76,13 @@ def run(args: argparse.Namespace) -> None:
                    check_files=args.check_files, **inference_options(args))
     with contextlib.ExitStack() as stack:
         sources = [stack.enter_context(io.open_frames(path)) for path in args.input]
-        if len(sources) == 1:
+        if args.server:
+            from vosrt.serving.client import connect
+
+            results = pipeline.segment_streams(lambda: stack.enter_context(connect(args.server, args.model)), sources,
+                                               args.masks, outputs=outputs, overlays=overlays, fps=args.fps,
+                                               max_frames=args.max_frames, overwrite=args.overwrite)
+        elif len(sources) == 1:
             results = [pipeline.segment(lambda: load(args.model, **options), sources[0], args.masks[0],
                                         output=outputs[0], overlay=overlays[0], fps=args.fps,
                                         max_frames=args.max_frames, overwrite=args.overwrite)]

@@ -53,6 +53,7 @@ class _Stream:
     sequence: int
     objects: list[int]
     started: bool = False  # whether the server has seen its START
+    closed: bool = False  # whether its last frame ended the sequence on the server
 
 
 class ServerStreams:
@@ -107,17 +108,17 @@ class ServerStreams:
                 errors[stream] = self._failed(stream, err)
         for stream in last:
             if stream in results:
-                self._forget(stream)
+                self._streams[stream].closed = True
         if errors:
             raise StepFailed(errors, results)
         return results
 
     def end(self, stream: Hashable) -> None:
-        """``stream`` leaves: its sequence is closed on its server (an END without a frame) unless
-        its last frame already closed it."""
+        """``stream`` leaves (after its last frame, as in ``load_batch``; or at any time: its sequence
+        is then closed on its server by an END without a frame)."""
         record = self._stream(stream)
         self._forget(stream)
-        if record.started:
+        if record.started and not record.closed:
             self._send_end(record)
 
     def close(self) -> None:
@@ -146,7 +147,7 @@ class ServerStreams:
             raise ValueError(f"stream {stream!r}: the image must be HxWx3 uint8 RGB, got {image.dtype} "
                              f"{list(image.shape)}")
         record = self._streams.get(stream)
-        if record is None:
+        if record is None or record.closed:
             if mask is None:
                 raise ValueError(f"stream {stream!r}: the first frame needs a mask (a new stream, or one its "
                                  "server lost: start it again with its first mask)")

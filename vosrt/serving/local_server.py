@@ -79,7 +79,7 @@ class LocalServer:
             env.pop(name, None)
         return env
 
-    def start(self, timeout: float = 120.0) -> "LocalServer":
+    def start(self, timeout: float = 240.0) -> "LocalServer":
         """Start the server and wait until its models are ready; RuntimeError (with the log's
         end) if it exits or is not ready within ``timeout`` seconds."""
         with open(self.log, "ab") as log:
