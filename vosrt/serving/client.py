@@ -68,7 +68,8 @@ class ServerStreams:
         self.model = model
         self.timeout = timeout
         self._grpc = grpcclient
-        self._clients = {url: grpcclient.InferenceServerClient(url) for url in self.urls}
+        self._clients = {url: grpcclient.InferenceServerClient(url, channel_args=_channel_args(grpcclient))
+                         for url in self.urls}
         self._streams: dict[Hashable, _Stream] = {}
         self._lock = threading.Lock()
 
@@ -225,6 +226,17 @@ class ServerStreams:
         tensor = self._grpc.InferInput(name, list(value.shape), dtype)
         tensor.set_data_from_numpy(value)
         return tensor
+
+
+def _channel_args(grpcclient) -> list[tuple[str, int]]:
+    """gRPC channel options: tritonclient's message sizes; a connection of this client's own (gRPC
+    shares one per address within a process by default, which keeps failing fast for a while after
+    a server at that address died, even once it is back); reconnect tries at most 2 s apart, so a
+    restarted server is found again soon."""
+    size = grpcclient.MAX_GRPC_MESSAGE_SIZE
+    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size),
+            ("grpc.use_local_subchannel_pool", 1), ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 def _unpack(stream: Hashable, given) -> tuple:
