@@ -3,7 +3,9 @@ instances, seeded weights, small frames): streams from client threads get what i
 get, bad requests fail alone, a killed server fails its calls in time, two servers share streams."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -185,6 +187,19 @@ def test_outputs_are_sent_only_when_asked(cutie_server):
     assert (labels == mask).mean() > 0.99  # the first frame's output is its mask
 
 
+def test_segment_command_on_the_server(cutie_server, tmp_path, capsys):
+    from helpers import SYNTHETIC
+    from vosrt.cli import main
+
+    output = tmp_path / "labels"
+    argv = ["segment", "cutie-small", "--server", cutie_server.url, "--input", str(SYNTHETIC / "images"),
+            "--masks", str(SYNTHETIC / "masks" / "00000.png"), "--output", str(output), "--max-frames", "3"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in output.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert main([*argv[:-3], str(tmp_path / "other"), "--max-internal-size", "64"]) == 2
+    assert "the served repository fixes these" in capsys.readouterr().err
+
+
 # -- failures ---------------------------------------------------------------------------------
 
 def test_killed_server_fails_calls_in_time_and_a_restart_serves_new_streams(triton_repository, start_server,
@@ -196,6 +211,13 @@ def test_killed_server_fails_calls_in_time_and_a_restart_serves_new_streams(trit
     client = vosrt.connect(server.url, "cutie-small", timeout=timeout)
     client.step({"cam": clip[0]})
     client.step({"cam": clip[1][0]})
+    other = vosrt.connect(server.url, "cutie-small", timeout=timeout)
+    other.step({"frozen": clip[0]})
+    os.killpg(server.process.pid, signal.SIGSTOP)  # a server that hangs: the call ends at the timeout
+    began = time.monotonic()
+    with pytest.raises(StepFailed, match=f"no answer within {timeout} s"):
+        other.step({"frozen": clip[1][0]})
+    assert time.monotonic() - began < timeout + 5
     server.kill()
     began = time.monotonic()
     with pytest.raises(StepFailed, match="start it again with its first mask") as failed:

@@ -120,7 +120,8 @@ def _executes(url: str, model: str) -> dict[int, int]:
 
     with grpcclient.InferenceServerClient(url) as client:
         stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
-    return {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for s in stats for b in s.get("batch_stats", [])}
+    return {int(b["batch_size"]): int(b["compute_infer"].get("count", 0))
+            for version in stats for b in version.get("batch_stats", [])}
 
 
 def _percentiles(ms: list[float]) -> dict[str, float]:

@@ -8,7 +8,7 @@ from vosrt.pipeline import DEFAULT_FPS
 from vosrt.runtime.backends import BACKENDS
 from vosrt.runtime.registry import MODEL_NAMES
 
-from .options import add_inference_options, inference_options
+from .options import FLAGS, add_inference_options, inference_options
 
 
 def add_parser(sub) -> None:
@@ -78,6 +78,12 @@ def run(args: argparse.Namespace) -> None:
         sources = [stack.enter_context(io.open_frames(path)) for path in args.input]
         if args.server:
             from vosrt.serving.client import connect
+
+            local = [flag for flag, value in (("--weights", args.weights), ("--backend", args.backend),
+                                              ("--export-dir", args.export_dir)) if value]
+            local += [FLAGS[field] for field in inference_options(args)]
+            if local:
+                raise ValueError(f"{', '.join(local)}: the served repository fixes these (vosrt export-triton)")
 
             results = pipeline.segment_streams(lambda: stack.enter_context(connect(args.server, args.model)), sources,
                                                args.masks, outputs=outputs, overlays=overlays, fps=args.fps,

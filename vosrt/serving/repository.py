@@ -126,7 +126,8 @@ def model_config(model: str, serving: ServingOptions) -> str:
                 control(END, "CONTROL_SEQUENCE_END", "int32_false_true: [ 0, 1 ]"),
                 control(CORRID, "CONTROL_SEQUENCE_CORRID", "data_type: TYPE_UINT64")]
     return "\n".join([
-        f"# Written by vosrt export-triton: {model}, {serving.backend} on {serving.device}. The contract: docs/serving.md",
+        f"# Written by vosrt export-triton: {model}, {serving.backend} on {serving.device}. "
+        "The contract: docs/serving.md",
         f'name: "{model}"',
         'backend: "python"',
         f"max_batch_size: {serving.max_streams}",

@@ -54,7 +54,8 @@ class TritonPythonModel:
         # The family must outlive its metric: both are kept.
         self.metric_family = pb_utils.MetricFamily(name="vosrt_open_streams", description="streams holding memory",
                                                     kind=pb_utils.MetricFamily.GAUGE)
-        self.gauge = self.metric_family.Metric(labels={"model": args["model_name"], "instance": args["model_instance_name"]})
+        self.gauge = self.metric_family.Metric(labels={"model": args["model_name"],
+                                                       "instance": args["model_instance_name"]})
         self.gauge.set(0)
         self.stopping = threading.Event()
         self.sweeper = threading.Thread(target=self._sweep, daemon=True)
