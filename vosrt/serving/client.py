@@ -110,6 +110,8 @@ class ServerStreams:
         for stream in last:
             if stream in results:
                 self._streams[stream].closed = True
+            else:  # a failed END frame closes the sequence on the server all the same
+                self._forget(stream)
         if errors:
             raise StepFailed(errors, results)
         return results
@@ -206,7 +208,7 @@ class ServerStreams:
         if not bad_frame:
             self._forget(stream)
         where = record.url if record else "?"
-        if "DEADLINE_EXCEEDED" in status:
+        if "DEADLINE_EXCEEDED" in status or isinstance(err, TimeoutError):
             message = f"no answer within {self.timeout:g} s"
         elif "UNAVAILABLE" in status:
             message = f"server unreachable ({message})"
