@@ -9,6 +9,7 @@ Runs inside the server's Python environment (``triton_python_backend_utils`` exi
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -39,6 +40,10 @@ class TritonPythonModel:
     """One model instance: one batch of streams (see the module docstring)."""
 
     def initialize(self, args: dict) -> None:
+        # Idle OpenMP threads sleep instead of spinning (unless the server's environment chose a
+        # policy): an instance shares the cores with Triton's threads and the other instances, and
+        # spinning threads slow it many times over (as in vosrt bench). Before torch loads.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import triton_python_backend_utils as pb_utils
 
         import vosrt
