@@ -4,9 +4,14 @@ The binary is the one the ``nvidia-pytriton`` wheel ships (Triton 2.51 with the 
 installed in the server's own Python environment: a virtual environment made from the system's
 Python, whose ``libpython3.11.so`` the backend's stub links (docs/serving.md, "The server's
 Python environment"). Production runs NVIDIA's Triton container on the same repository instead.
+
+From a shell (serves until Ctrl-C)::
+
+    python -m vosrt.serving.local_server REPO --env .venv-server --grpc-port 8001
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -149,3 +154,25 @@ class LocalServer:
                 return answer.status == 200
         except OSError:
             return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a repository on 127.0.0.1 until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m vosrt.serving.local_server",
+                                     description="Serve a vosrt export-triton repository with the tritonserver of "
+                                                 "the server's Python environment, on 127.0.0.1, until Ctrl-C.")
+    parser.add_argument("repository")
+    parser.add_argument("--env", help=f"the server's Python environment (default: ${SERVER_ENV})")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    args = parser.parse_args(argv)
+    with LocalServer(args.repository, args.env, grpc_port=args.grpc_port) as server:
+        print(f"serving {args.repository} at {server.url} (metrics: http://127.0.0.1:{server.metrics_port}/metrics, "
+              f"log: {server.log}); Ctrl-C stops it", flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
