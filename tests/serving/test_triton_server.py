@@ -204,6 +204,27 @@ def test_segment_command_on_the_server(cutie_server, tmp_path, capsys):
     assert "the served repository fixes these" in capsys.readouterr().err
 
 
+def test_bench_server_reports_server_and_in_process_throughput(cutie_server, seeded_weights, tmp_path, capsys):
+    import json
+
+    from vosrt.cli import main
+
+    report = tmp_path / "bench.json"
+    argv = ["bench", "cutie-small", "--server", cutie_server.url, "--streams", "1,2", "--resolution", "96x128",
+            "--frames", "2", "--warmup", "2", "--max-internal-size", "128", "--top-k", "30", "--memory-frames", "3",
+            "--mem-every", "2", "--weights", str(seeded_weights("cutie-small")), "--json", str(report)]
+    assert main(argv) == 0, capsys.readouterr().err
+    runs = json.loads(report.read_text())["runs"]
+    assert [run["streams"] for run in runs] == [1, 2]
+    for run in runs:
+        assert run["server_fps"] > 0 and run["in_process_fps"] > 0
+        assert len(run["server_per_stream_fps"]) == run["streams"]
+        assert run["ratio"] == pytest.approx(run["server_fps"] / run["in_process_fps"], rel=1e-2)
+        # every request of the run (4 frames per stream) counted once in the executes the server formed
+        assert sum(int(size) * count for size, count in run["batch_sizes"].items()) == run["streams"] * 4
+    assert "server / in-process" in capsys.readouterr().out
+
+
 # -- failures ---------------------------------------------------------------------------------
 
 def test_killed_server_fails_calls_in_time_and_a_restart_serves_new_streams(triton_repository, start_server,
