@@ -6,6 +6,7 @@
 >>> labels = session.to_mask(session.step(next_image))
 >>> batch = vosrt.load_batch("cutie-small", weights="cutie-small-mega.pth")   # several videos at once
 >>> probs = batch.step({"cam0": (image0, mask0), "cam1": (image1, mask1)})
+>>> streams = vosrt.connect("127.0.0.1:8001", "cutie-small")   # the same interface, on Triton servers
 
 ``import vosrt`` is cheap: torch and the models are imported when ``vosrt.load`` is first used.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 from importlib import metadata
 
 __version__ = metadata.version("vosrt")
-__all__ = ["load", "load_batch", "__version__"]
+__all__ = ["load", "load_batch", "connect", "__version__"]
 
 
 def __getattr__(name: str):
@@ -22,4 +23,8 @@ def __getattr__(name: str):
         from vosrt import api
 
         return getattr(api, name)
+    if name == "connect":  # streams on Triton Inference Server (docs/serving.md)
+        from vosrt.serving.client import connect
+
+        return connect
     raise AttributeError(f"module 'vosrt' has no attribute {name!r}")

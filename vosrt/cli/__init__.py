@@ -1,4 +1,4 @@
-"""Command line: ``vosrt segment | bench | eval | export | inspect | verify | doctor | cache`` and ``export-engine``.
+"""Command line: ``vosrt segment | bench | eval | export | inspect | verify | doctor | cache | export-triton`` and ``export-engine``.
 
 Errors a user can fix (bad paths, wrong masks, wrong checkpoints, no GPU) print one line and
 exit with status 2; they never show a traceback. Warnings (:class:`VosrtWarning`) print one line
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from vosrt.runtime.errors import VosrtWarning
 from vosrt.runtime.outputs import Terminated, sigterm_as_interrupt
 
-from . import bench, cache, doctor, evaluation, export, inspect, segment, verify
+from . import bench, cache, doctor, evaluation, export, inspect, segment, serving, verify
 
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, OSError)
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_parser(sub)
     doctor.add_parser(sub)
     cache.add_parser(sub)
+    serving.add_parser(sub)
     return parser
 
 

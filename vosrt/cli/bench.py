@@ -45,6 +45,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the clip")
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--plot", help="write a PNG plot of latency vs memory frames and vs objects here (needs matplotlib)")
+    p.add_argument("--server", metavar="HOST:PORT",
+                   help="with --streams: the streams on this Triton server (a repository of vosrt export-triton) "
+                        "beside the same streams in-process (--backends' first, the options given here: give those "
+                        "of the repository); frames/s, latency p50/p99 and the batches the server formed")
     add_inference_options(p, set(FLAGS) - {"max_mem_frames"})
     p.set_defaults(run=run)
 
@@ -55,6 +59,9 @@ def run(args: argparse.Namespace) -> None:
     from vosrt.bench.measure import run_benchmark
     from vosrt.runtime import outputs
 
+    if args.server:
+        _run_server(args)
+        return
     if args.plot and args.streams:
         raise ValueError("--plot draws latencies; with --streams the table and --json hold the throughput")
     if args.plot:
@@ -76,3 +83,32 @@ def run(args: argparse.Namespace) -> None:
     if args.plot:
         report.plot(results, args.plot)
         print(f"wrote {args.plot}")
+
+
+def _run_server(args: argparse.Namespace) -> None:
+    """``--server``: the streams on a Triton server beside the same streams in-process (vosrt.bench.server)."""
+    from dataclasses import asdict
+
+    from vosrt.api import load_batch
+    from vosrt.bench.measure import _weights_file
+    from vosrt.bench.server import format_server_table, measure_server
+    from vosrt.runtime import outputs
+
+    if not args.streams or len(args.objects) != 1:
+        raise ValueError("--server needs --streams (e.g. 1,4,8) and one --objects count")
+    backend = BENCH_BACKENDS[args.backends.split(",")[0].strip()].runtime
+    options = inference_options(args) | ({"max_mem_frames": args.memory_frames[0]} if args.memory_frames else {})
+    settings = BenchSettings(model=args.model, backends=["torch"], resolution=args.resolution, objects=args.objects,
+                             memory_frames=None, frames=args.frames, warmup=args.warmup, weights=args.weights,
+                             engine_dir=args.engine_dir, device=args.device, seed=args.seed, options=options)
+    with _weights_file(settings) as weights:
+        runs = measure_server(args.server, args.model,
+                              lambda: load_batch(args.model, weights, backend=backend, device=args.device,
+                                                 export_dir=args.engine_dir, **options),
+                              args.streams, args.resolution, args.objects[0], args.frames, args.warmup, args.seed)
+    print(format_server_table(runs))
+    if args.json:
+        results = {"command": shlex.join(["vosrt", *args.argv]), "server": args.server, "in_process_backend": backend,
+                   "runs": [asdict(run) for run in runs]}
+        outputs.write_text(args.json, json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")

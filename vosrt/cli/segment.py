@@ -9,7 +9,7 @@ from vosrt.pipeline import DEFAULT_FPS
 from vosrt.runtime.backends import BACKENDS
 from vosrt.runtime.registry import MODEL_NAMES
 
-from .options import add_inference_options, inference_options
+from .options import FLAGS, add_inference_options, inference_options
 
 
 def add_parser(sub) -> None:
@@ -57,6 +57,10 @@ def add_parser(sub) -> None:
     p.add_argument("--amp", action="store_true", help="torch (CUDA): the official AMP, the whole step under autocast")
     p.add_argument("--cuda-graph", action="store_true",
                    help="torch or tensorrt (CUDA): replay each stage as a CUDA graph while shapes stay the same")
+    p.add_argument("--server", action="append", metavar="HOST:PORT",
+                   help="segment on Triton Inference Server (gRPC address; repeat for several servers, streams "
+                        "placed by hashing): the model and its options are the served repository's (vosrt "
+                        "export-triton); docs/serving.md")
     add_inference_options(p)
     p.set_defaults(run=run)
 
@@ -84,7 +88,19 @@ def run(args: argparse.Namespace) -> None:
                    check_files=args.check_files, **inference_options(args))
     with contextlib.ExitStack() as stack:
         sources = [stack.enter_context(io.open_frames(path)) for path in args.input]
-        if len(sources) == 1:
+        if args.server:
+            from vosrt.serving.client import connect
+
+            local = [flag for flag, value in (("--weights", args.weights), ("--backend", args.backend),
+                                              ("--export-dir", args.export_dir)) if value]
+            local += [FLAGS[field] for field in inference_options(args)]
+            if local:
+                raise ValueError(f"{', '.join(local)}: the served repository fixes these (vosrt export-triton)")
+
+            results = pipeline.segment_streams(lambda: stack.enter_context(connect(args.server, args.model)), sources,
+                                               args.masks, outputs=outputs, overlays=overlays, fps=args.fps,
+                                               max_frames=args.max_frames, overwrite=args.overwrite)
+        elif len(sources) == 1:
             results = [pipeline.segment(lambda: load(args.model, **options), sources[0], args.masks[0],
                                         output=outputs[0], overlay=overlays[0], fps=args.fps,
                                         max_frames=args.max_frames, overwrite=args.overwrite)]
