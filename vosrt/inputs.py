@@ -1,0 +1,79 @@
+"""What the command line reads, normalised in one place: names, sizes and numbers.
+
+- **Names.** Frames and masks are matched by their name without the extension, the extension
+  compared in any case (``00003.PNG`` is the mask of frame ``00003``): :func:`files_by_name`. Two
+  files whose names are the same once the extension is dropped (``00000.jpg`` and ``00000.png``)
+  are refused: their label maps would be written over each other.
+- **Sizes.** A frame has at least 1x1 pixels (:func:`check_frame_size`); an overlay video is
+  written at an even size where its codec needs one (:func:`even_size`).
+- **Numbers.** A frame rate is finite and in (0, :data:`MAX_FPS`] (:func:`check_fps`); a video's
+  own frame rate outside that range is ignored (:func:`source_fps`).
+- **Output paths.** A dangling symbolic link is refused before any work
+  (:func:`check_not_dangling`); names that are not valid UTF-8 print with escapes
+  (:func:`printable`).
+
+No torch import.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+MAX_FPS = 1000.0  # above this no player plays it; OpenCV's encoders loop on inf
+
+
+def files_by_name(paths: Iterable[Path], suffixes: Iterable[str], what: str) -> dict[str, Path]:
+    """The files among ``paths`` whose extension, in any case, is one of ``suffixes`` (lower case,
+    with the dot), by name without the extension, in name order. ValueError when two have the
+    same name once the extension is dropped."""
+    suffixes = set(suffixes)
+    found: dict[str, Path] = {}
+    for path in sorted(paths):
+        if path.suffix.lower() not in suffixes or not path.is_file():
+            continue
+        if path.stem in found:
+            raise ValueError(f"{what} {found[path.stem].name} and {path.name} in {path.parent} have the same name "
+                             f"without the extension ({path.stem}): their outputs would be written over each other; "
+                             "keep one of them")
+        found[path.stem] = path
+    return found
+
+
+def check_fps(fps: float | None, what: str = "--fps") -> float | None:
+    """``fps`` unchanged (None stays None); ValueError unless it is finite and in (0, MAX_FPS]."""
+    if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise ValueError(f"{what} must be a frame rate above 0 and at most {MAX_FPS:g}, got {fps}")
+    return fps
+
+
+def source_fps(fps: float | None) -> float | None:
+    """A video's frame rate as OpenCV reports it, or None when it is not a usable one (0, NaN,
+    infinite, or above :data:`MAX_FPS`)."""
+    return fps if fps is not None and math.isfinite(fps) and 0 < fps <= MAX_FPS else None
+
+
+def check_frame_size(shape: tuple[int, ...], what: str = "image") -> None:
+    """ValueError for a frame without pixels (a height or width of 0)."""
+    if len(shape) >= 2 and min(shape[:2]) < 1:
+        raise ValueError(f"{what} is {shape[0]}x{shape[1]} pixels: a frame needs at least 1x1")
+
+
+def even_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``(H, W)`` rounded up to even numbers: what H.264 and MPEG-4 Part 2 encode (they drop an odd
+    last row or column, and refuse a width or height of 1)."""
+    return size[0] + size[0] % 2, size[1] + size[1] % 2
+
+
+def check_not_dangling(path: str | Path, what: str) -> None:
+    """FileExistsError when ``path`` is a symbolic link to nothing: writing through it would
+    create a file wherever it points, and replacing it would remove the user's link."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise FileExistsError(f"{what} {printable(path)} is a symbolic link to nothing ({printable(path.readlink())}); "
+                              "remove it or name another output")
+
+
+def printable(path: str | Path) -> str:
+    """``path`` as text any terminal takes: bytes that are not UTF-8 as ``\\xNN`` escapes."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
