@@ -227,7 +227,20 @@ def step_sessions(steps: Sequence[tuple[Session, Frame]], batcher: StageBatcher)
     autocast = (torch.autocast(session.backend.device.type, dtype=torch.float16) if session.amp
                 else contextlib.nullcontext())
     with autocast:
-        return type(session)._step_streams(steps, batcher)
+        probs = type(session)._step_streams(steps, batcher)
+    if session.backend.device.type == "cpu":  # on a GPU the check would wait for the device
+        check_finite(probs, steps)
+    return probs
+
+
+def check_finite(probs: Sequence[torch.Tensor], steps: Sequence[tuple[Session, Frame]]) -> None:
+    """RuntimeError when a step's probabilities (each ``[K + 1, H', W']``) hold NaN or infinite
+    values, which would give an all-background label map without a word: broken weights or
+    graphs (a checkpoint is checked at load: :func:`vosrt.weights.check_finite`)."""
+    for prob, (_, frame) in zip(probs, steps):
+        if not bool(torch.isfinite(prob).all()):
+            raise RuntimeError(f"the network gave NaN or infinite probabilities on frame {frame.index}: its weights or "
+                               "graphs are broken (export again, or check the checkpoint); no label map of it is kept")
 
 
 def _readout_bytes(memory_tokens, geometry: FrameGeometry) -> int:

@@ -13,6 +13,7 @@ from vosrt.runtime import artifacts
 from vosrt.runtime.backends import BACKENDS
 from vosrt.runtime.backends.base import Backend
 from vosrt.runtime.config import SessionConfig
+from vosrt.runtime.export_check import check_checkpoint
 from vosrt.runtime.registry import ModelSpec, model_spec
 from vosrt.runtime.session import Session
 
@@ -156,20 +157,34 @@ def _onnxruntime_backend(spec: ModelSpec, weights, config: SessionConfig, device
     with artifacts.load_errors(export_dir):
         runner = OnnxRuntimeBackend(export_dir, device, check_files=check_files)
     artifacts.check_fits(runner.manifest, spec, config, fp16, export_dir)
+    if weights is not None:
+        check_checkpoint(runner.manifest, weights, export_dir)
     return runner
 
 
 def _cached_export(spec: ModelSpec, weights, config: SessionConfig, fp16: bool) -> Path:
-    """The export of these weights and settings in the cache, written on first use."""
+    """The export of these weights and settings in the cache, written on first use and written
+    again when the one there records another checkpoint (its sha256) or cannot be read."""
     from vosrt.export.onnx import export_onnx
 
     path = wts.checkpoint_for(spec.name, weights)
     settings = "-".join(str(v) for v in config.export_settings().values())
     export_dir = wts.cache_dir() / "onnx" / f"{spec.name}-{artifacts.sha256(path)[:16]}-{settings}-" \
                                             f"{'fp16' if fp16 else 'fp32'}"
-    if not (export_dir / artifacts.MANIFEST).is_file():
+    if not _cached_export_fits(export_dir, path):
         export_onnx(build_network(spec.name, path), spec.name, export_dir, config=config, checkpoint=path, fp16=fp16)
     return export_dir
+
+
+def _cached_export_fits(export_dir: Path, checkpoint: Path) -> bool:
+    """Whether the cached export ``export_dir`` is whole (its manifest and files check) and was
+    exported from ``checkpoint``."""
+    try:
+        manifest = artifacts.read_manifest(export_dir)
+        check_checkpoint(manifest, checkpoint, export_dir)
+    except artifacts.ArtifactError:
+        return False
+    return manifest.get("checkpoint") is not None
 
 
 def _tensorrt_backend(spec: ModelSpec, config: SessionConfig, device: torch.device, export_dir, fp16: bool,

@@ -4,8 +4,10 @@
   compared in any case (``00003.PNG`` is the mask of frame ``00003``): :func:`files_by_name`. Two
   files whose names are the same once the extension is dropped (``00000.jpg`` and ``00000.png``)
   are refused: their label maps would be written over each other.
-- **Sizes.** A frame has at least 1x1 pixels (:func:`check_frame_size`); an overlay video is
-  written at an even size where its codec needs one (:func:`even_size`).
+- **Sizes.** A frame has at least 1x1 pixels (every frame goes through the session's
+  :func:`vosrt.runtime.preprocess.check_image`, the API's check too); an overlay video is written
+  at an even size where its codec needs one (:func:`even_size`); a size that changes within a
+  video is the session's error.
 - **Numbers.** A frame rate is finite and in (0, :data:`MAX_FPS`] (:func:`check_fps`); a video's
   own frame rate outside that range is ignored (:func:`source_fps`).
 - **Output paths.** A dangling symbolic link is refused before any work
@@ -51,12 +53,6 @@ def source_fps(fps: float | None) -> float | None:
     """A video's frame rate as OpenCV reports it, or None when it is not a usable one (0, NaN,
     infinite, or above :data:`MAX_FPS`)."""
     return fps if fps is not None and math.isfinite(fps) and 0 < fps <= MAX_FPS else None
-
-
-def check_frame_size(shape: tuple[int, ...], what: str = "image") -> None:
-    """ValueError for a frame without pixels (a height or width of 0)."""
-    if len(shape) >= 2 and min(shape[:2]) < 1:
-        raise ValueError(f"{what} is {shape[0]}x{shape[1]} pixels: a frame needs at least 1x1")
 
 
 def even_size(size: tuple[int, int]) -> tuple[int, int]:

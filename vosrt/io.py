@@ -314,7 +314,6 @@ class OverlayVideoWriter:
 
         self.path = Path(path)
         self.frame_size = tuple(size)
-        inputs.check_frame_size(self.frame_size, "an overlay frame")
         for self.codec in codecs:
             self.size = inputs.even_size(self.frame_size) if self.codec in self.EVEN_ONLY else self.frame_size
             with _native_stderr_silenced():  # FFmpeg reports a missing encoder on stderr

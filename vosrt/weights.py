@@ -111,7 +111,8 @@ def read_state_dict(path: str | Path, source: str | None = None) -> dict[str, to
 
 
 def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that names what is wrong."""
+    """``load_state_dict(strict=True)`` with an error that names what is wrong (a key, a shape, or
+    a non-finite value: :func:`check_finite`)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -123,7 +124,19 @@ def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: s
                          + _listing("wrong shape", [f"{k}: file {tuple(state_dict[k].shape)}, model "
                                                     f"{tuple(expected[k].shape)}" for k in wrong])
                          + "\nIs it a checkpoint of this model (e.g. small vs base)?")
+    check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True)
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """ValueError naming the first tensor of ``state_dict`` (in its order) with a NaN or infinite
+    value: such weights make every probability NaN, and every label background."""
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+            raise ValueError(f"{source} holds non-finite weights: {key} has {bad} {kind} value(s) (the first such "
+                             "tensor); a damaged or diverged checkpoint, which vosrt does not run")
 
 
 def _first_line(err: Exception) -> str:
