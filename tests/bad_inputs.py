@@ -1586,6 +1586,18 @@ def later_mask_with_an_upper_case_extension(ws):
                  "object 3 of 00002.PNG never appears")
 
 
+@case("27.5")
+def eval_compare_with_upper_case_extensions(ws):
+    from vosrt import io
+
+    for side, name in (("a", "00000.png"), ("a", "00001.png"), ("b", "00000.PNG"), ("b", "00001.png")):
+        ws.path(side).mkdir(exist_ok=True)
+        io.write_label_map(ws.path(f"{side}/{name}"), first_mask())
+    outcome = ws.cli("eval", "--compare", "a", "b", "--json", "agreement.json")
+    ws.expect_ok(outcome, lambda: None if json.loads(ws.path("agreement.json").read_text())["frames"] == 2 else
+                 "00000.PNG was not compared")
+
+
 @cases("27.5", [(f"fps-{value}", (value,)) for value in ("inf", "nan", "-1", "1e12")], slow=True)
 def _(ws, value):
     images, masks = ws.clip()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vosrt import io
+from vosrt import inputs, io
 from vosrt.runtime.geometry import ALIGNMENT_RULE, alignable, mask_on_frame
 
 VOID = 255  # DAVIS: pixels of the ground truth that are scored for no object
@@ -40,12 +40,18 @@ def videos_in(folder: str | Path) -> dict[str, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
-    if any(folder.glob("*.png")):
+    if label_maps(folder):
         return {folder.resolve().name: folder}
-    videos = {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and any(p.glob("*.png"))}
+    videos = {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and label_maps(p)}
     if not videos:
         raise ValueError(f"no PNG label maps in {folder} or in its sub-folders")
     return videos
+
+
+def label_maps(folder: Path) -> dict[str, Path]:
+    """The PNG label maps of ``folder`` by frame name (``.png`` in any case; two of one name are
+    an error: :func:`vosrt.inputs.files_by_name`)."""
+    return inputs.files_by_name(folder.iterdir(), {".png"}, "label maps")
 
 
 def jf_score(pred: str | Path, gt: str | Path, skip_first_and_last: bool = True) -> JFScore:
@@ -89,8 +95,9 @@ def _prepare_video(gt_folder: Path, pred_folder: Path, gt_out: Path, pred_out: P
     a prediction, both label maps (not RGB), of the same size or alignable; void pixels cleared in both."""
     gt_out.mkdir(parents=True)
     pred_out.mkdir(parents=True)
-    for gt_path in sorted(gt_folder.glob("*.png")):
-        pred_path = pred_folder / gt_path.name
+    predictions = label_maps(pred_folder)
+    for frame, gt_path in label_maps(gt_folder).items():
+        pred_path = predictions.get(frame, pred_folder / gt_path.name)
         if not pred_path.is_file():
             raise ValueError(f"no prediction {pred_path} for the ground truth {gt_path}")
         truth, _ = io.read_label_map(gt_path)
@@ -98,8 +105,8 @@ def _prepare_video(gt_folder: Path, pred_folder: Path, gt_out: Path, pred_out: P
         truth = _aligned_truth(truth, prediction.shape, gt_path, pred_path)
         void = truth == VOID
         truth[void], prediction[void] = 0, 0
-        _save_labels(gt_out / gt_path.name, truth)
-        _save_labels(pred_out / gt_path.name, prediction)
+        _save_labels(gt_out / f"{frame}.png", truth)
+        _save_labels(pred_out / f"{frame}.png", prediction)
 
 
 def _aligned_truth(truth: np.ndarray, size: tuple[int, int], gt_path: Path, pred_path: Path) -> np.ndarray:
@@ -142,10 +149,10 @@ def compare_predictions(a: str | Path, b: str | Path) -> list[FrameAgreement]:
         videos_b = _paired(videos_b, videos_a)
     results = []
     for video in sorted(set(videos_a) & set(videos_b)):
-        frames_b = {p.name for p in videos_b[video].glob("*.png")}
-        for path_a in sorted(videos_a[video].glob("*.png")):
-            if path_a.name in frames_b:
-                results.append(_agreement(video, path_a, videos_b[video] / path_a.name))
+        frames_b = label_maps(videos_b[video])
+        for frame, path_a in label_maps(videos_a[video]).items():
+            if frame in frames_b:
+                results.append(_agreement(video, path_a, frames_b[frame]))
     if not results:
         raise ValueError(f"{a} and {b} have no label map (video/frame name) in common")
     return results
