@@ -23,8 +23,8 @@ import shutil
 import signal
 import socket
 import tempfile
-import time
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -197,8 +197,6 @@ def _take_claim(claim: Path, target: Path, what: str) -> None:
             if holder and owner_alive(holder) is False:
                 claim.unlink(missing_ok=True)  # left by a run that was killed: take it over
                 continue
-            if holder == owner():
-                raise ValueError(f"{what} {target} is named twice in this command; give each output once") from None
             raise FileExistsError(f"{what} {target} is being written by another vosrt run (process {holder or '?'}); "
                                   f"wait for it to end, or name another output (if no such run is going on, delete "
                                   f"{claim})") from None

@@ -152,12 +152,13 @@ def _onnxruntime_backend(spec: ModelSpec, weights, config: SessionConfig, device
                          fp16: bool, check_files: bool) -> Backend:
     from vosrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-    if export_dir is None:
-        export_dir = _cached_export(spec, weights, config, fp16)
+    given = export_dir is not None
+    if not given:
+        export_dir = _cached_export(spec, weights, config, fp16)  # checked against the weights there
     with artifacts.load_errors(export_dir):
         runner = OnnxRuntimeBackend(export_dir, device, check_files=check_files)
     artifacts.check_fits(runner.manifest, spec, config, fp16, export_dir)
-    if weights is not None:
+    if given and weights is not None:
         check_checkpoint(runner.manifest, weights, export_dir)
     return runner
 
