@@ -1587,6 +1587,14 @@ def later_mask_with_an_upper_case_extension(ws):
 
 
 @case("27.5")
+def video_whose_frame_size_changes_within_the_file(ws):
+    """OpenCV stretches every frame of an MJPEG video to the first frame's size: refused instead."""
+    video = _mjpeg(ws, "clip.mjpeg", 4, sizes=lambda i: FRAME if i < 2 else (32, 80))
+    ws.plant("masks/00000.png", png_bytes(first_mask(), palette=True))
+    ws.expect_error(ws.cli(*segment_argv(ws, video, ws.path("masks"), "--output", "out")), "changes its frame size")
+
+
+@case("27.5")
 def eval_compare_with_upper_case_extensions(ws):
     from vosrt import io
 

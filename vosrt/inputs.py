@@ -7,7 +7,8 @@
 - **Sizes.** A frame has at least 1x1 pixels (every frame goes through the session's
   :func:`vosrt.runtime.preprocess.check_image`, the API's check too); an overlay video is written
   at an even size where its codec needs one (:func:`even_size`); a size that changes within a
-  video is the session's error.
+  video is the session's error, and where OpenCV would hide it by stretching the frames to the
+  first size (MJPEG videos), each frame's size is read from its JPEG header (:func:`jpeg_size`).
 - **Numbers.** A frame rate is finite and in (0, :data:`MAX_FPS`] (:func:`check_fps`); a video's
   own frame rate outside that range is ignored (:func:`source_fps`).
 - **Output paths.** A dangling symbolic link is refused before any work
@@ -73,3 +74,21 @@ def check_not_dangling(path: str | Path, what: str) -> None:
 def printable(path: str | Path) -> str:
     """``path`` as text any terminal takes: bytes that are not UTF-8 as ``\\xNN`` escapes."""
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# Start-of-frame markers of JPEG (baseline, extended, progressive, lossless; Huffman or arithmetic).
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(H, W)`` from the start-of-frame header of the JPEG image ``data`` (no decoding), or None
+    when ``data`` is not a JPEG image with one."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    index = 2
+    while index + 9 <= len(data) and data[index] == 0xFF:
+        marker = data[index + 1]
+        if marker in _SOF_MARKERS:
+            return int.from_bytes(data[index + 5:index + 7], "big"), int.from_bytes(data[index + 7:index + 9], "big")
+        index += 2 + int.from_bytes(data[index + 2:index + 4], "big")
+    return None

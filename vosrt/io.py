@@ -174,6 +174,7 @@ class CaptureSource(FrameSource):
         self.fps = inputs.source_fps(self._capture.get(cv2.CAP_PROP_FPS))
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.length = count if count > 0 and not is_camera else None
+        self._packets = _jpeg_packets(target) if not is_camera and _fourcc(self._capture) == "MJPG" else None
 
     def __iter__(self) -> Iterator[Frame]:
         """The frames; a :class:`VosrtWarning` when a file ends before the frame count its header gives."""
@@ -183,6 +184,7 @@ class CaptureSource(FrameSource):
             raise RuntimeError(f"{self.description} can be read only once")
         image, self._first, index = self._first, None, 0
         while image is not None:
+            self._check_size(index, image.shape[:2])
             yield Frame(f"{index:05d}", cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
             ok, image = self._capture.read()
             image, index = (image if ok else None), index + 1
@@ -190,8 +192,39 @@ class CaptureSource(FrameSource):
             warnings.warn(VosrtWarning(f"{self.description} ended after {index} of the {self.length} frames its "
                                        "header announces: the file is probably truncated"), stacklevel=2)
 
+    def _check_size(self, index: int, size: tuple[int, int]) -> None:
+        """ValueError when frame ``index`` of an MJPEG video is stored at another size than
+        ``size``, the size OpenCV decoded it at (it stretches every frame to the first one's)."""
+        if self._packets is None:
+            return
+        ok, packet = self._packets.read()
+        stored = inputs.jpeg_size(packet.tobytes()) if ok else None
+        if stored is not None and stored != tuple(size):
+            raise ValueError(f"{self.description} changes its frame size within the file: frame {index} is "
+                             f"{stored[0]}x{stored[1]}, the first {size[0]}x{size[1]} (OpenCV would stretch it); split "
+                             "the video where the size changes")
+
     def close(self) -> None:
         self._capture.release()
+        if self._packets is not None:
+            self._packets.release()
+
+
+def _fourcc(capture) -> str:
+    """The four-character code of the codec of an OpenCV capture."""
+    import cv2
+
+    code = int(capture.get(cv2.CAP_PROP_FOURCC))
+    return "".join(chr((code >> 8 * i) & 0xFF) for i in range(4))
+
+
+def _jpeg_packets(path: str):
+    """An OpenCV capture of the video file ``path`` that returns each frame's packet undecoded
+    (for MJPEG: one JPEG image each)."""
+    import cv2
+
+    with _native_stderr_silenced():
+        return cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
 
 
 def open_frames(source: str) -> FrameSource:
