@@ -55,7 +55,9 @@ def load(name: str, weights: str | Path | None = None, *, backend: str | None = 
     amp (torch, CUDA): the official AMP, the whole step under autocast (eager baseline).
     cuda_graph (torch or tensorrt, CUDA): replay each stage as a CUDA graph per input shapes.
     check_files: compare every file of ``export_dir`` with the sha256 its manifest records
-    (False for graphs edited on purpose).
+    (False for graphs edited on purpose). The manifest is checked against the graphs either way
+    (:func:`vosrt.runtime.export_check.check_graphs`), and with ``weights`` it must record that
+    checkpoint's sha256 (a cached export of other weights is exported again).
     options: the fields of the model's settings (``model_spec(name).config_type``): ``mem_every``,
     ``max_mem_frames``, ``top_k``, ``max_internal_size`` for every model; Cutie's
     ``stagger_updates``, ``chunk_size``, ``use_long_term`` and ``long_term_*``; JointFormer's
