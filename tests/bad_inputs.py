@@ -1,4 +1,4 @@
-"""The table of bad-input and fault cases (issues #16 and #18), each run in a workspace of its own.
+"""The table of bad-input and fault cases (issues #16, #18 and #27), each run in a workspace of its own.
 
 Every case does what a careful or careless user would (a command line, an API call, a signal, a
 full disk, a download cut short) and states what must happen: a one-line error or a documented
@@ -372,7 +372,9 @@ def fast(*extra: str) -> list[str]:
 @dataclass(frozen=True)
 class Case:
     name: str
-    item: str  # the issue item it comes from: "18.1" ... "18.10", "16.align", "16.artifacts", ..., "17", "extra"
+    item: str  # the issue item it comes from: "18.1" ... "18.10", "16.align", "16.artifacts", ..., "17", "27.1" ...
+    # "27.6" (27: outputs claimed, exit status, finite weights, bound exports, input normalisation, stale staging),
+    # "extra"
     run: Callable[[Workspace], None]
     slow: bool = False  # runs a child process or a real export
 
