@@ -1696,6 +1696,13 @@ def staging_left_by_sigkill_is_removed_by_the_next_run(ws):
     ws.expect_ok(ws.cli(*segment_argv(ws, short_images, short_masks, "--output", "out", "--overlay", "o.avi")))
 
 
+@case("27.6", slow=True)
+def export_staging_left_by_sigkill_is_removed_by_the_next_export(ws):
+    ws.subprocess_cli(*export_argv(ws, "exported"), send=signal.SIGKILL, when=_hidden_staging(ws))
+    ws.expect(_hidden_staging(ws)(), "other", "the killed export left nothing to clean (killed too late?)")
+    ws.expect_ok(ws.cli(*export_argv(ws, "exported")), lambda: _manifest_is_fresh(ws.path("exported")))
+
+
 # -- running the table -----------------------------------------------------------------------
 
 @dataclass
