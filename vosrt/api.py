@@ -160,8 +160,8 @@ def _onnxruntime_backend(spec: ModelSpec, weights, config: SessionConfig, device
     with artifacts.load_errors(export_dir):
         runner = OnnxRuntimeBackend(export_dir, device, check_files=check_files)
     artifacts.check_fits(runner.manifest, spec, config, fp16, export_dir)
-    if given and weights is not None:
-        check_checkpoint(runner.manifest, weights, export_dir)
+    if given and weights is not None and Path(weights).is_file():  # the graphs need no checkpoint: an absent one
+        check_checkpoint(runner.manifest, weights, export_dir)      # is no matter, another one is refused
     return runner
 
 
