@@ -70,12 +70,13 @@ def _variant_architecture(spec) -> dict:
 def _check_tensors(found, declared, sizes: Mapping[str, int], what: str) -> None:
     names = [t.name for t in found]
     if names != [t.name for t in declared]:
-        raise ArtifactError(f"{what} should be {', '.join(t.name for t in declared)}, the graph has {', '.join(names)}: "
-                            "its manifest entry names another graph or another model; export again")
+        raise ArtifactError(f"{what} should be {', '.join(t.name for t in declared)}, the graph has "
+                            f"{', '.join(names)}: its manifest entry names another graph or another model; export again")
     for tensor, spec in zip(found, declared):
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.type.tensor_type.shape.dim]
         expected = [dim if isinstance(dim, int) or dim in DYNAMIC else sizes.get(dim, dim) for dim in spec.shape]
-        if len(dims) != len(expected) or any(isinstance(d, int) and isinstance(e, int) and d != e for d, e in zip(dims, expected)):
+        fixed_differ = any(isinstance(d, int) and isinstance(e, int) and d != e for d, e in zip(dims, expected))
+        if len(dims) != len(expected) or fixed_differ:
             raise ArtifactError(f"{what}: {spec.name} has the shape {dims}, not {expected}: graphs of another model "
                                 "than the manifest names; export again")
 

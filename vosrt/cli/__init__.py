@@ -3,7 +3,8 @@
 Errors a user can fix (bad paths, wrong masks, wrong checkpoints, no GPU) print one line and
 exit with status 2; they never show a traceback. Warnings (:class:`VosrtWarning`) print one line
 each. Ctrl-C exits with 130 and SIGTERM with 143, both after the command has removed what it had
-half-written (and, for ``segment``, saying how far it got). Each command lives in its own module, which imports torch only when the command runs.
+half-written (and, for ``segment``, saying how far it got). Each command lives in its own module,
+which imports torch only when the command runs.
 """
 from __future__ import annotations
 
