@@ -30,6 +30,7 @@ import torch
 
 from vosrt.runtime import artifacts
 from vosrt.runtime.artifacts import ENGINE_DIR, ENGINE_FORMAT, ONNX_FORMAT, TensorRTEnvironment
+from vosrt.runtime.export_check import check_graphs
 
 from .profile import TIMING_CACHE, BuildOptions
 from .trtexec import trtexec_commands
@@ -72,6 +73,7 @@ def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, opt
     """
     onnx_dir = Path(onnx_dir)
     onnx_manifest = artifacts.read_manifest(onnx_dir, ONNX_FORMAT, check_files=check_files)
+    check_graphs(onnx_dir, onnx_manifest)
     options = replace(options, profile=options.profile.for_export(onnx_manifest))
     if options.dla_core is not None and onnx_manifest["precision"] != "fp16":
         raise ValueError("DLA runs fp16 only: build DLA engines from an fp16 export (export-engine --fp16)")

@@ -10,6 +10,10 @@
   a failure or an interruption removes it: :func:`staged_file`, :func:`staged_folder`.
 - SIGTERM is handled as SIGINT (:func:`sigterm_as_interrupt`), so the clean-up above also runs
   when a job is terminated.
+- An output is claimed for the whole run (:func:`claimed`): a hidden claim file beside it that
+  another run sees, so two runs never write the same output; temporary names carry their owner
+  (process id and host), so what a killed run left is removed by the next run that writes beside
+  it (:func:`remove_stale`).
 """
 from __future__ import annotations
 
@@ -17,12 +21,16 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 PARTIAL = ".partial"  # every temporary name ends with it (before the target's suffix)
+CLAIM = ".vosrt-claim"  # a claim file is named ".<target name>.vosrt-claim", beside its target
+STALE_SECONDS = 24 * 3600  # a temporary file whose owner cannot be checked is stale after a day
 
 
 class Terminated(KeyboardInterrupt):
@@ -37,7 +45,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
+    owner = os.getpid()
+
     def terminate(signum, frame):
+        if os.getpid() != owner:  # a forked worker (e.g. a multiprocessing pool's): die as by default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate)
@@ -97,9 +110,100 @@ def _umask() -> int:
 
 
 def temporary_name(target: Path) -> tuple[str, str]:
-    """The (prefix, suffix) of temporary names beside ``target``: hidden, marked partial, keeping
-    its suffix (so writers that choose a format by the suffix choose the target's)."""
-    return f".{target.stem}.", f"{PARTIAL}{target.suffix}"
+    """The (prefix, suffix) of temporary names beside ``target``: hidden, with the owner
+    (:func:`owner`), marked partial, keeping its suffix (so writers that choose a format by the
+    suffix choose the target's)."""
+    return f".{target.stem}.{owner()}.", f"{PARTIAL}{target.suffix}"
+
+
+def owner() -> str:
+    """``PID@HOST`` of this process, as temporary names and claims record it."""
+    return f"{os.getpid()}@{socket.gethostname().replace('.', '-') or 'localhost'}"
+
+
+def owner_alive(tag: str) -> bool | None:
+    """Whether the process ``tag`` (:func:`owner`) still runs; None when that cannot be known here
+    (another host, or not an owner tag)."""
+    pid, _, host = tag.partition("@")
+    if not pid.isdigit() or host != owner().partition("@")[2]:
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove the temporary files and folders beside ``target`` (:func:`temporary_name`, and the
+    ``.old`` folders of a swap) that a run killed before it could clean up left: those whose owner
+    process no longer runs on this host, and those of another host older than
+    :data:`STALE_SECONDS`. Names without an owner tag are left alone. Returns what it removed."""
+    stem, removed = f".{target.stem}.", []
+    try:
+        siblings = [p for p in target.parent.iterdir() if p.name.startswith(stem)
+                    and p.name.endswith((f"{PARTIAL}{target.suffix}", ".old"))]
+    except OSError:
+        return removed
+    for path in siblings:
+        tag = path.name[len(stem):].split(".", 1)[0]
+        if "@" not in tag:  # not a name vosrt gave (a user's file, or one planted): left alone
+            continue
+        alive = owner_alive(tag)
+        with contextlib.suppress(OSError):
+            if alive is False or (alive is None and time.time() - path.lstat().st_mtime > STALE_SECONDS):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def claimed(target: str | Path, what: str) -> Iterator[None]:
+    """Claim ``target`` (an output file or folder) for the block: a claim file beside it
+    (``.NAME.vosrt-claim``, made with O_EXCL, holding :func:`owner`) that every other run
+    claiming the same output sees, so it is refused before it starts work (FileExistsError). A
+    claim whose owner no longer runs on this host is stale and taken over. The folders above
+    ``target`` are made as needed; those made here are removed again when they stay empty."""
+    target = Path(target)
+    made = [parent for parent in reversed(target.parents) if not parent.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    claim = target.parent / f".{target.name}{CLAIM}"
+    try:
+        _take_claim(claim, target, what)
+        try:
+            yield
+        finally:
+            claim.unlink(missing_ok=True)
+    finally:
+        for parent in reversed(made):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+def _take_claim(claim: Path, target: Path, what: str) -> None:
+    for _ in range(2):
+        try:
+            handle = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                holder = claim.read_text().strip()
+            except OSError:
+                holder = ""
+            if holder and owner_alive(holder) is False:
+                claim.unlink(missing_ok=True)  # left by a run that was killed: take it over
+                continue
+            raise FileExistsError(f"{what} {target} is being written by another vosrt run (process {holder or '?'}); "
+                                  f"wait for it to end, or name another output (if no such run is going on, delete "
+                                  f"{claim})") from None
+        with os.fdopen(handle, "w") as f:
+            f.write(owner() + "\n")
+        return
+    raise FileExistsError(f"{what} {target}: could not claim it ({claim} keeps coming back); try again")
 
 
 @contextlib.contextmanager
@@ -109,6 +213,7 @@ def staged_file(target: str | Path, check: Callable[[Path], None] | None = None)
     target = Path(target)
     if not target.parent.is_dir():
         raise FileNotFoundError(f"folder not found for {target}: {target.parent}")
+    remove_stale(target)
     prefix, suffix = temporary_name(target)
     handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
     os.close(handle)
@@ -142,6 +247,7 @@ def staged_folder(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     made = [parent for parent in reversed(target.parents) if not parent.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target)
     prefix, suffix = temporary_name(target)
     staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))
     try:
@@ -228,6 +334,18 @@ def check_output_file(path: str | Path, sources: Iterable[tuple[str, str | Path 
         raise FileExistsError(f"{what} {path} is a folder; name a file")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{what} {path} exists; name a new file, or pass --overwrite to replace it")
+
+
+def check_still_free(target: Path, overwrite: bool, what: str) -> None:
+    """At the final move: FileExistsError when, without ``overwrite``, the folder ``target`` is no
+    longer absent or empty (or the file ``target`` now exists): something else wrote it while this
+    run was going, and it is not replaced."""
+    if overwrite or not (target.exists() or target.is_symlink()):
+        return
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        return
+    raise FileExistsError(f"{what} {target} was written by something else while this run was going; it is left as it "
+                          "is and this run's output is not kept: name a new output, or pass --overwrite")
 
 
 def move_files(staging: Path, folder: Path) -> list[str]:

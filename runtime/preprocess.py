@@ -20,6 +20,8 @@ def check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", type(image).__name__)
         raise ValueError(f"image must be an HxWx3 RGB numpy array, got {shape}")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"image is {image.shape[0]}x{image.shape[1]} pixels: a frame needs at least 1x1")
     if image.dtype == np.uint8:
         return
     if not np.issubdtype(image.dtype, np.floating):

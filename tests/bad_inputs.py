@@ -1,4 +1,4 @@
-"""The table of bad-input and fault cases (issues #16 and #18), each run in a workspace of its own.
+"""The table of bad-input and fault cases (issues #16, #18 and #27), each run in a workspace of its own.
 
 Every case does what a careful or careless user would (a command line, an API call, a signal, a
 full disk, a download cut short) and states what must happen: a one-line error or a documented
@@ -154,26 +154,35 @@ class Workspace:
         return Outcome(0, value=value, warnings=_warning_lines(caught))
 
     def subprocess_cli(self, *argv: str | Path, send: int | None = None, when: Callable[[], bool] | None = None,
-                       limit_bytes: int | None = None, timeout: float = 240) -> Outcome:
+                       limit_bytes: int | None = None, timeout: float = 240, env: dict[str, str] | None = None
+                       ) -> Outcome:
         """``vosrt ARGV`` in a child process (``export-engine`` as above). ``send``: a signal sent
         once ``when()`` is true; ``limit_bytes``: the largest file it may write (RLIMIT_FSIZE, as
-        a full disk). Past ``timeout`` seconds it is killed and counted as escaped."""
+        a full disk); ``env``: variables set for it. Past ``timeout`` seconds it is killed and
+        counted as escaped."""
+        process, start = self.start_cli(*argv, limit_bytes=limit_bytes, env=env), time.monotonic()
+        if send is not None:
+            while not when() and process.poll() is None and time.monotonic() - start < timeout:
+                time.sleep(0.05)
+            if process.poll() is None:
+                process.send_signal(send)
+        return self.finish(process, max(timeout - (time.monotonic() - start), 1))
+
+    def start_cli(self, *argv: str | Path, limit_bytes: int | None = None, env: dict[str, str] | None = None
+                  ) -> subprocess.Popen:
+        """``vosrt ARGV`` started in a child process (see :meth:`subprocess_cli`); :meth:`finish` waits for it."""
         argv = [str(a) for a in argv]
         entry = "export_engine_main" if argv[0] == "export-engine" else "main"
         argv = argv[1:] if argv[0] == "export-engine" else argv
         code = f"import sys; from vosrt.cli import {entry}; sys.exit({entry}(sys.argv[1:]))"
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        process = subprocess.Popen([sys.executable, "-c", code, *argv], cwd=self.root, env=env, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   preexec_fn=_child_setup(limit_bytes))
-        start = time.monotonic()
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
+        return subprocess.Popen([sys.executable, "-c", code, *argv], cwd=self.root, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_child_setup(limit_bytes))
+
+    def finish(self, process: subprocess.Popen, timeout: float = 240) -> Outcome:
+        """What the child process of :meth:`start_cli` did; killed (and counted as escaped) past ``timeout``."""
         try:
-            if send is not None:
-                while not when() and process.poll() is None and time.monotonic() - start < timeout:
-                    time.sleep(0.05)
-                if process.poll() is None:
-                    process.send_signal(send)
-            out, err = process.communicate(timeout=max(timeout - (time.monotonic() - start), 1))
+            out, err = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
@@ -344,6 +353,15 @@ def count_frames(path: Path) -> int:
     return count
 
 
+def first_frame_size(path: Path) -> tuple[int, int] | None:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    ok, image = capture.read()
+    capture.release()
+    return image.shape[:2] if ok else None
+
+
 def fast(*extra: str) -> list[str]:
     """Options that keep a segment run short."""
     return ["--max-internal-size", "48", *extra]
@@ -354,7 +372,9 @@ def fast(*extra: str) -> list[str]:
 @dataclass(frozen=True)
 class Case:
     name: str
-    item: str  # the issue item it comes from: "18.1" ... "18.10", "16.align", "16.artifacts", ..., "17", "extra"
+    item: str  # the issue item it comes from: "18.1" ... "18.10", "16.align", "16.artifacts", ..., "17", "27.1" ...
+    # "27.6" (27: outputs claimed, exit status, finite weights, bound exports, input normalisation, stale staging),
+    # "extra"
     run: Callable[[Workspace], None]
     slow: bool = False  # runs a child process or a real export
 
@@ -830,7 +850,9 @@ def truncated_avi(ws):
 # 18.8 -- temporary files: signals and planted links
 
 def _hidden_staging(ws) -> Callable[[], bool]:
-    return lambda: any(p.name.startswith(".") for p in ws.root.rglob("*") if p not in ws.planted)
+    """Whether a run has begun writing: a hidden staging file or folder (not a claim) is there."""
+    return lambda: any(p.name.startswith(".") and ".partial" in p.name for p in ws.root.rglob("*")
+                       if p not in ws.planted)
 
 
 @cases("18.8", [("sigterm-during-segment", (signal.SIGTERM,)), ("sigint-during-segment", (signal.SIGINT,))],
@@ -1353,6 +1375,332 @@ def segment_tensorrt_without_a_gpu(ws):
     images, masks = ws.clip()
     ws.expect_error(ws.cli(*segment_argv(ws, images, masks, "--backend", "tensorrt", "--export-dir", "x",
                                          "--output", "out")), "NVIDIA GPU")
+
+
+# 27.1 -- an output is claimed for the whole run: two runs, or two streams, never share one
+
+def _until(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 120) -> None:
+    start = time.monotonic()
+    while not condition() and process.poll() is None and time.monotonic() - start < timeout:
+        time.sleep(0.05)
+
+
+def _label_maps(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.png")) if folder.is_dir() else []
+
+
+@cases("27.1", [("two-runs-same-output", ("--output", "out")), ("two-runs-same-overlay", ("--overlay", "o.avi"))],
+       slow=True)
+def _(ws, flag, target):
+    """A second run naming the output of a run still going is refused before it starts work; the
+    first run's output is whole and its own."""
+    images, masks = ws.clip("long", frames=60, size=(96, 128))
+    other_images, other_masks = ws.clip("short", frames=2)
+    first = ws.start_cli(*segment_argv(ws, images, masks, flag, target))
+    _until(_hidden_staging(ws), first)
+    second = ws.cli(*segment_argv(ws, other_images, other_masks, flag, target))
+    outcome = ws.finish(first)
+    ws.expect_error(second, "another vosrt run")
+
+    def check():
+        held = len(_label_maps(ws.path(target))) if flag == "--output" else count_frames(ws.path(target))
+        return None if held == 60 else f"{target} holds {held} frames, not the 60 of the first run"
+    ws.expect_ok(outcome, check)
+
+
+@case("27.1", slow=True)
+def output_filled_by_something_else_during_the_run(ws):
+    """A file that appears in --output while the run goes on is neither replaced nor mixed with
+    the run's label maps: the run fails at its final move and says why."""
+    images, masks = ws.clip(frames=60, size=(96, 128))
+    run = ws.start_cli(*segment_argv(ws, images, masks, "--output", "out"))
+    _until(_hidden_staging(ws), run)
+    ws.plant("out/00001.png", b"the user's own map, written meanwhile")
+    outcome = ws.finish(run)
+    ws.expect_error(outcome, "written by something else")
+
+
+@cases("27.1", [("streams-share-an-output", (("out", "a.avi"), ("out", "b.avi"))),
+                ("streams-share-an-overlay", (("pa", "o.avi"), ("pb", "o.avi"))),
+                ("stream-overlay-inside-another-output", (("out", "a.avi"), ("pb", "out/o.avi")))])
+def _(ws, first, second):
+    images, masks = ws.clip("a")
+    other_images, other_masks = ws.clip("b")
+    outcome = ws.cli("segment", "cutie-small", "--weights", ws.weights("cutie-small"), *fast(),
+                     "--input", images, "--masks", masks, "--output", first[0], "--overlay", first[1],
+                     "--input", other_images, "--masks", other_masks, "--output", second[0], "--overlay", second[1])
+    ws.expect_error(outcome, "same output")
+
+
+@case("27.1")
+def frames_whose_names_collide_without_the_extension(ws):
+    images, masks = ws.clip()
+    ws.plant("clip/images/00001.jpg", png_bytes(frame_image(5)))
+    ws.expect_error(ws.cli(*segment_argv(ws, images, masks, "--output", "out")), "same name")
+
+
+# 27.2 -- a run stopped before the end of a finite input never looks finished
+
+def _mjpeg(ws, relative: str, frames: int, size: tuple[int, int] = FRAME,
+           sizes: Callable[[int], tuple[int, int]] | None = None) -> Path:
+    """A raw MJPEG stream (JPEG frames one after another): a file whose frame count OpenCV cannot read."""
+    import cv2
+
+    data = b"".join(cv2.imencode(".jpg", frame_image(i, sizes(i) if sizes else size)[..., ::-1].copy())[1].tobytes()
+                    for i in range(frames))
+    return ws.plant(relative, data)
+
+
+@cases("27.2", [("sigterm-during-a-video-of-unknown-length", (signal.SIGTERM, 143)),
+                ("sigint-during-a-video-of-unknown-length", (signal.SIGINT, 130))], slow=True)
+def _(ws, signum, status):
+    video = _mjpeg(ws, "clip.mjpeg", 60, (96, 128))
+    ws.plant("masks/00000.png", png_bytes(first_mask((96, 128)), palette=True))
+    outcome = ws.subprocess_cli(*segment_argv(ws, video, ws.path("masks"), "--output", "out"), send=signum,
+                                when=_hidden_staging(ws))
+    ws.expect(outcome.code == status, "silent wrong output" if outcome.code == 0 else "other",
+              f"exit status {outcome.code}, not {status}: {(outcome.error + outcome.out)[-200:]!r}")
+    ws.expect("stopped after" in outcome.error, "other", f"does not say how far it got: {outcome.error[-200:]!r}")
+    ws.expect(not ws.path("out").exists(), "partial files left", "outputs of a stopped run")
+
+
+@case("27.2")
+def video_of_unknown_length_runs_to_its_end(ws):
+    video = _mjpeg(ws, "clip.mjpeg", 4)
+    ws.plant("masks/00000.png", png_bytes(first_mask(), palette=True))
+    ws.expect_ok(ws.cli(*segment_argv(ws, video, ws.path("masks"), "--output", "out")),
+                 lambda: None if len(_label_maps(ws.path("out"))) == 4 else f"{_label_maps(ws.path('out'))}")
+
+
+# 27.3 -- non-finite weights: refused at load, and a step's output checked
+
+def _edited_weights(ws, key: str, edit: Callable) -> Path:
+    """The seeded cutie-small weights with ``edit(tensor)`` (in place) applied to the tensor ``key``."""
+    import torch
+
+    state = torch.load(ws.weights("cutie-small"), map_location="cpu", weights_only=True)
+    state[key] = state[key].clone()
+    edit(state[key])
+    path = ws.path("edited.pth")
+    torch.save(state, path)
+    return path
+
+
+@cases("27.3", [("checkpoint-with-nan-weights", ("pix_feat_proj.weight", lambda t: t.fill_(float("nan")))),
+                ("checkpoint-with-one-inf-in-key-proj",
+                 ("key_proj.key_proj.weight", lambda t: t.view(-1).__setitem__(0, float("inf"))))])
+def _(ws, key, edit):
+    images, masks = ws.clip()
+    outcome = ws.cli("segment", "cutie-small", "--weights", _edited_weights(ws, key, edit), "--input", images,
+                     "--masks", masks, *fast(), "--output", "out")
+    ws.expect_error(outcome, "non-finite", key)
+
+
+@cases("27.3", [(f"api-{model}-step-with-nan-weights", (model,)) for model in ("cutie-small", "jointformer")])
+def _(ws, model):
+    """Weights that turn NaN after the load (the checkpoint check cannot see them): the step says so."""
+    import copy
+
+    import torch
+
+    from vosrt.api import build_network
+    from vosrt.runtime.backends.torch import TorchBackend
+    from vosrt.runtime.registry import model_spec
+
+    spec = model_spec(model)
+    network = copy.deepcopy(build_network(model, ws.weights(model)))
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.fill_(float("nan"))
+    config = spec.config_type()
+    session = spec.family.new_session(TorchBackend(spec.family, network, config.export_settings(), "cpu"), config)
+    session.step(frame_image(0), first_mask())  # the first frame's output is its mask
+    ws.expect_error(ws.api(lambda: session.step(frame_image(1))), "NaN or infinite")
+
+
+# 27.4 -- an export is bound to the checkpoint it came from, and its manifest to its graphs
+
+def _other_weights(ws) -> Path:
+    return _edited_weights(ws, "pix_feat_proj.weight", lambda t: t.mul_(1.01))
+
+
+@case("27.4")
+def export_dir_of_other_weights(ws):
+    ws.clip()
+    export = ws.export()
+    argv = _command(ws, "segment", export)
+    argv[argv.index("--weights") + 1] = _other_weights(ws)
+    ws.expect_error(ws.cli(*argv), "another checkpoint")
+
+
+@case("27.4", slow=True)
+def cached_export_of_other_weights(ws):
+    """An export of other weights put where the cache keeps these weights' export is not used: the
+    export is written again."""
+    from vosrt.runtime import artifacts
+
+    images, masks = ws.clip()
+    weights = _other_weights(ws)
+    cached = ws.path(f"cache/onnx/cutie-small-{artifacts.sha256(weights)[:16]}-30-fp32")
+    cached.parent.mkdir(parents=True)
+    shutil.copytree(ws.shared_export(), cached)
+    outcome = ws.cli("segment", "cutie-small", "--weights", weights, "--input", images, "--masks", masks, *fast(),
+                     "--backend", "onnxruntime", "--max-mem-frames", "3", "--output", "out",
+                     env={"VOSRT_CACHE": str(ws.path("cache"))})
+    recorded = json.loads((cached / "manifest.json").read_text())["checkpoint"]["sha256"]
+    ws.expect_ok(outcome, lambda: None if recorded == artifacts.sha256(weights) else
+                 "the cached export of other weights was used")
+
+
+_MANIFEST_EDITS = {  # edit -> (what the command adds, what the error says)
+    "model-cutie-base": (lambda m: m.update(model="cutie-base"), "another model"),
+    "top-k-10": (lambda m: m["settings"].update(top_k=10), "top_k 10"),
+    "precision-fp16": (lambda m: m.update(precision="fp16"), "precision"),
+    "swapped-entries": (lambda m: m["graphs"].update(image_encoder=m["graphs"]["mask_decoder"],
+                                                     mask_decoder=m["graphs"]["image_encoder"]), "another graph"),
+}
+
+
+@cases("27.4", [(f"edited-manifest-{edit}", (edit,)) for edit in _MANIFEST_EDITS])
+def _(ws, edit):
+    ws.clip()
+    export = ws.export()
+    change, message = _MANIFEST_EDITS[edit]
+    manifest = json.loads((export / "manifest.json").read_text())
+    change(manifest)
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    argv = _command(ws, "segment", export, *{"top-k-10": ["--top-k", "10"], "precision-fp16": ["--fp16"]}.get(edit, []))
+    if edit == "model-cutie-base":
+        argv[1:4] = ["cutie-base", "--weights", ws.weights("cutie-base")]
+    ws.expect_error(ws.cli(*argv), message)
+
+
+# 27.5 -- every input normalised in one place: names, sizes, numbers
+
+@case("27.5")
+def later_mask_with_an_upper_case_extension(ws):
+    images, masks = ws.clip(frames=4)
+    later = first_mask()
+    later[:8, :8] = 3
+    ws.plant("clip/masks/00002.PNG", png_bytes(later, palette=True))
+    outcome = ws.cli(*segment_argv(ws, images, masks, "--output", "out"))
+    ws.expect_ok(outcome, lambda: None if (read_labels(ws.path("out/00002.png")) == 3).any() else
+                 "object 3 of 00002.PNG never appears")
+
+
+@case("27.5")
+def video_whose_frame_size_changes_within_the_file(ws):
+    """OpenCV stretches every frame of an MJPEG video to the first frame's size: refused instead."""
+    video = _mjpeg(ws, "clip.mjpeg", 4, sizes=lambda i: FRAME if i < 2 else (32, 80))
+    ws.plant("masks/00000.png", png_bytes(first_mask(), palette=True))
+    ws.expect_error(ws.cli(*segment_argv(ws, video, ws.path("masks"), "--output", "out")), "changes its frame size")
+
+
+@case("27.5")
+def eval_compare_with_upper_case_extensions(ws):
+    from vosrt import io
+
+    for side, name in (("a", "00000.png"), ("a", "00001.png"), ("b", "00000.PNG"), ("b", "00001.png")):
+        ws.path(side).mkdir(exist_ok=True)
+        io.write_label_map(ws.path(f"{side}/{name}"), first_mask())
+    outcome = ws.cli("eval", "--compare", "a", "b", "--json", "agreement.json")
+    ws.expect_ok(outcome, lambda: None if json.loads(ws.path("agreement.json").read_text())["frames"] == 2 else
+                 "00000.PNG was not compared")
+
+
+@cases("27.5", [(f"fps-{value}", (value,)) for value in ("inf", "nan", "-1", "1e12")], slow=True)
+def _(ws, value):
+    images, masks = ws.clip()
+    ws.expect_error(ws.subprocess_cli(*segment_argv(ws, images, masks, "--overlay", "o.avi", "--fps", value),
+                                      timeout=90), "--fps")
+
+
+@cases("27.5", [(f"api-{model}-{h}x{w}-image", (model, (h, w))) for model in ("cutie-small", "jointformer")
+                for h, w in ((0, 0), (0, 160), (160, 0))])
+def _(ws, model, size):
+    from vosrt.api import load
+
+    session = load(model, ws.weights(model), **({"max_internal_size": 48} if model != "jointformer" else {}))
+    empty = np.zeros(size, np.uint8)
+    ws.expect_error(ws.api(lambda: session.step(np.zeros((*size, 3), np.uint8), empty, objects=[1])), "at least 1x1")
+
+
+@case("27.5", slow=True)
+def scoring_workers_do_not_inherit_the_sigterm_handler(ws):
+    """A worker process forked under vosrt's SIGTERM handler (as vos-benchmark's pool is) ends
+    quietly when its pool terminates it while it works."""
+    code = ("import time\n"
+            "from multiprocessing import Pool\n"
+            "from vosrt.runtime.outputs import sigterm_as_interrupt\n"
+            "with sigterm_as_interrupt():\n"
+            "    pool = Pool(2)\n"
+            "    pool.map_async(time.sleep, [30, 30])\n"
+            "    time.sleep(2)\n"
+            "    pool.terminate()\n"
+            "    pool.join()\n"
+            "print('done')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ws.root)
+    ws.expect(done.returncode == 0 and "done" in done.stdout, "other", f"exit {done.returncode}: {done.stderr[-300:]}")
+    ws.expect("Traceback" not in done.stderr, "traceback", done.stderr.strip()[-300:])
+
+
+@cases("27.5", [(f"overlay-of-{h}x{w}-frames", ((h, w),)) for h, w in ((47, 63), (1, 1), (1, 64), (64, 1), (2, 200))])
+def _(ws, size):
+    """Frames of any size, odd or thin, give an overlay of every frame at the nearest even size
+    (mp4 codecs encode even sizes only), with a warning when it differs."""
+    images, masks = ws.path("clip/images"), ws.path("clip/masks")
+    for i in range(3):
+        ws.plant(f"clip/images/{i:05d}.png", png_bytes(frame_image(i, size)))
+    mask = np.zeros(size, np.uint8)
+    mask[0, 0] = 1
+    ws.plant("clip/masks/00000.png", png_bytes(mask, palette=True))
+    outcome = ws.cli(*segment_argv(ws, images, masks, "--overlay", "o.mp4"))
+    expected = (size[0] + size[0] % 2, size[1] + size[1] % 2)
+
+    def check():
+        if count_frames(ws.path("o.mp4")) != 3:
+            return f"{count_frames(ws.path('o.mp4'))} frames in the overlay"
+        if first_frame_size(ws.path("o.mp4")) != expected:
+            return f"overlay frames of {first_frame_size(ws.path('o.mp4'))}, not {expected}"
+        return None if expected == size or "even" in outcome.warnings else "no warning about the padded size"
+    ws.expect_ok(outcome, check)
+
+
+@cases("27.5", [("output-is-a-dangling-link", ("--output", "out")),
+                ("overlay-is-a-dangling-link", ("--overlay", "o.avi"))])
+def _(ws, flag, target):
+    images, masks = ws.clip()
+    ws.plant_link(target, ws.path("nowhere"))
+    ws.expect_error(ws.cli(*segment_argv(ws, images, masks, flag, target)), "symbolic link to nothing")
+    ws.expect(not ws.path("nowhere").exists(), "silent wrong output", "wrote through the dangling link")
+
+
+@case("27.5", slow=True)
+def output_name_not_utf8_under_a_strict_utf8_stdout(ws):
+    images, masks = ws.clip()
+    name = os.fsdecode(b"out-\xff")
+    outcome = ws.subprocess_cli(*segment_argv(ws, images, masks, "--output", name),
+                                env={"PYTHONIOENCODING": "utf-8:strict"})
+    ws.expect_ok(outcome, lambda: None if len(_label_maps(ws.path(name))) == 3 else "label maps missing")
+
+
+# 27.6 -- what a killed run left is removed by the next run that writes there
+
+@case("27.6", slow=True)
+def staging_left_by_sigkill_is_removed_by_the_next_run(ws):
+    images, masks = ws.clip(frames=60, size=(96, 128))
+    ws.subprocess_cli(*segment_argv(ws, images, masks, "--output", "out", "--overlay", "o.avi"),
+                      send=signal.SIGKILL, when=_hidden_staging(ws))
+    ws.expect(_hidden_staging(ws)(), "other", "the killed run left nothing to clean (killed too late?)")
+    short_images, short_masks = ws.clip("short")
+    ws.expect_ok(ws.cli(*segment_argv(ws, short_images, short_masks, "--output", "out", "--overlay", "o.avi")))
+
+
+@case("27.6", slow=True)
+def export_staging_left_by_sigkill_is_removed_by_the_next_export(ws):
+    ws.subprocess_cli(*export_argv(ws, "exported"), send=signal.SIGKILL, when=_hidden_staging(ws))
+    ws.expect(_hidden_staging(ws)(), "other", "the killed export left nothing to clean (killed too late?)")
+    ws.expect_ok(ws.cli(*export_argv(ws, "exported")), lambda: _manifest_is_fresh(ws.path("exported")))
 
 
 # -- running the table -----------------------------------------------------------------------

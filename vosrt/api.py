@@ -15,6 +15,7 @@ from vosrt.runtime import artifacts
 from vosrt.runtime.backends import BACKENDS
 from vosrt.runtime.backends.base import Backend
 from vosrt.runtime.config import SessionConfig
+from vosrt.runtime.export_check import check_checkpoint
 from vosrt.runtime.registry import ModelSpec, model_spec
 from vosrt.runtime.session import Session
 
@@ -56,7 +57,9 @@ def load(name: str, weights: str | Path | None = None, *, backend: str | None = 
     amp (torch, CUDA): the official AMP, the whole step under autocast (eager baseline).
     cuda_graph (torch or tensorrt, CUDA): replay each stage as a CUDA graph per input shapes.
     check_files: compare every file of ``export_dir`` with the sha256 its manifest records
-    (False for graphs edited on purpose).
+    (False for graphs edited on purpose). The manifest is checked against the graphs either way
+    (:func:`vosrt.runtime.export_check.check_graphs`), and with ``weights`` it must record that
+    checkpoint's sha256 (a cached export of other weights is exported again).
     options: the fields of the model's settings (``model_spec(name).config_type``): ``mem_every``,
     ``max_mem_frames``, ``top_k``, ``max_internal_size`` for every model; Cutie's
     ``stagger_updates``, ``chunk_size``, ``use_long_term`` and ``long_term_*``; JointFormer's
@@ -156,26 +159,41 @@ def _onnxruntime_backend(spec: ModelSpec, weights, config: SessionConfig, device
                          fp16: bool, check_files: bool) -> Backend:
     from vosrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-    if export_dir is None:
-        export_dir = _cached_export(spec, weights, config, fp16)
+    given = export_dir is not None
+    if not given:
+        export_dir = _cached_export(spec, weights, config, fp16)  # checked against the weights there
     with artifacts.load_errors(export_dir):
         runner = OnnxRuntimeBackend(export_dir, device, check_files=check_files)
     artifacts.check_fits(runner.manifest, spec, config, fp16, export_dir)
+    if given and weights is not None and Path(weights).is_file():  # the graphs need no checkpoint: an absent one
+        check_checkpoint(runner.manifest, weights, export_dir)      # is no matter, another one is refused
     return runner
 
 
 def _cached_export(spec: ModelSpec, weights, config: SessionConfig, fp16: bool) -> Path:
-    """The export of these weights and settings in the cache, written on first use."""
+    """The export of these weights and settings in the cache, written on first use and written
+    again when the one there records another checkpoint (its sha256) or cannot be read."""
     from vosrt.export.onnx import export_onnx
 
     path = wts.checkpoint_for(spec.name, weights)
     settings = "-".join(str(v) for v in config.export_settings().values())
     export_dir = wts.cache_dir() / "onnx" / f"{spec.name}-{artifacts.sha256(path)[:16]}-{settings}-" \
                                             f"{'fp16' if fp16 else 'fp32'}"
-    if not (export_dir / artifacts.MANIFEST).is_file():
+    if not _cached_export_fits(export_dir, path):
         export_onnx(build_network(spec.name, path), spec.name, export_dir, config=config, checkpoint=path, fp16=fp16)
         print(cache.export_note(export_dir), file=sys.stderr)
     return export_dir
+
+
+def _cached_export_fits(export_dir: Path, checkpoint: Path) -> bool:
+    """Whether the cached export ``export_dir`` is whole (its manifest and files check) and was
+    exported from ``checkpoint``."""
+    try:
+        manifest = artifacts.read_manifest(export_dir)
+        check_checkpoint(manifest, checkpoint, export_dir)
+    except artifacts.ArtifactError:
+        return False
+    return manifest.get("checkpoint") is not None
 
 
 def _tensorrt_backend(spec: ModelSpec, config: SessionConfig, device: torch.device, export_dir, fp16: bool,

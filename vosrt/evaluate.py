@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vosrt import io
+from vosrt import inputs, io
 from vosrt.runtime.errors import VosrtWarning
 from vosrt.runtime.geometry import ALIGNMENT_RULE, alignable, mask_on_frame
 
@@ -71,12 +71,18 @@ def videos_in(folder: str | Path) -> dict[str, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder not found: {folder}")
-    if any(folder.glob("*.png")):
+    if label_maps(folder):
         return {folder.resolve().name: folder}
-    videos = {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and any(p.glob("*.png"))}
+    videos = {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and label_maps(p)}
     if not videos:
         raise ValueError(f"no PNG label maps in {folder} or in its sub-folders")
     return videos
+
+
+def label_maps(folder: Path) -> dict[str, Path]:
+    """The PNG label maps of ``folder`` by frame name (``.png`` in any case; two of one name are
+    an error: :func:`vosrt.inputs.files_by_name`)."""
+    return inputs.files_by_name(folder.iterdir(), {".png"}, "label maps")
 
 
 def jf_score(pred: str | Path, gt: str | Path, skip_first_and_last: bool = True) -> JFScore:
@@ -166,12 +172,13 @@ def _prepare_video(gt_folder: Path, pred_folder: Path, gt_out: Path, pred_out: P
     first and last skipped with ``skip_first_and_last``)."""
     gt_out.mkdir(parents=True)
     pred_out.mkdir(parents=True)
-    gt_paths = sorted(gt_folder.glob("*.png"))
-    truth_frames = [p.stem for p in gt_paths]
-    coverage = Coverage(predicted=len(list(pred_folder.glob("*.png"))), truth=truth_frames,
+    predictions = label_maps(pred_folder)
+    truth_maps = label_maps(gt_folder)
+    truth_frames = list(truth_maps)
+    coverage = Coverage(predicted=len(predictions), truth=truth_frames,
                         scored=truth_frames[1:-1] if skip_first_and_last else truth_frames)
-    for gt_path in gt_paths:
-        pred_path = pred_folder / gt_path.name
+    for frame, gt_path in truth_maps.items():
+        pred_path = predictions.get(frame, pred_folder / gt_path.name)
         if not pred_path.is_file():
             raise ValueError(f"no prediction {pred_path} for the ground truth {gt_path}")
         truth, _ = io.read_label_map(gt_path)
@@ -180,9 +187,9 @@ def _prepare_video(gt_folder: Path, pred_folder: Path, gt_out: Path, pred_out: P
         void = truth == VOID
         truth[void], prediction[void] = 0, 0
         for obj in np.unique(truth[truth != 0]).tolist():
-            coverage.objects.setdefault(int(obj), []).append(gt_path.stem)
-        _save_labels(gt_out / gt_path.name, truth)
-        _save_labels(pred_out / gt_path.name, prediction)
+            coverage.objects.setdefault(int(obj), []).append(frame)
+        _save_labels(gt_out / f"{frame}.png", truth)
+        _save_labels(pred_out / f"{frame}.png", prediction)
     return coverage
 
 
@@ -226,10 +233,10 @@ def compare_predictions(a: str | Path, b: str | Path) -> list[FrameAgreement]:
         videos_b = _paired(videos_b, videos_a)
     results = []
     for video in sorted(set(videos_a) & set(videos_b)):
-        frames_b = {p.name for p in videos_b[video].glob("*.png")}
-        for path_a in sorted(videos_a[video].glob("*.png")):
-            if path_a.name in frames_b:
-                results.append(_agreement(video, path_a, videos_b[video] / path_a.name))
+        frames_b = label_maps(videos_b[video])
+        for frame, path_a in label_maps(videos_a[video]).items():
+            if frame in frames_b:
+                results.append(_agreement(video, path_a, frames_b[frame]))
     if not results:
         raise ValueError(f"{a} and {b} have no label map (video/frame name) in common")
     return results

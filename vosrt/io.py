@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vosrt import inputs
 from vosrt.runtime import outputs
 from vosrt.runtime.errors import VosrtWarning
 
@@ -44,11 +45,12 @@ def full_palette(palette: list[int] | None = None) -> list[int]:
 
 
 def list_frames(folder: str | Path) -> list[Path]:
-    """Image files of a folder, sorted by name."""
+    """Image files of a folder (extensions in any case), sorted by name; ValueError for two whose
+    names are the same without the extension (:func:`vosrt.inputs.files_by_name`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    frames = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    frames = list(inputs.files_by_name(folder.iterdir(), IMAGE_SUFFIXES, "frames").values())
     if not frames:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     return frames
@@ -123,13 +125,16 @@ class Frame:
 
 class FrameSource:
     """Frames of a video in order. ``fps``: the source's frame rate (None when it has none,
-    as for an image folder); ``length``: the number of frames (None for a camera);
-    ``location``: the folder or file the frames come from (None for a camera)."""
+    as for an image folder); ``length``: the number of frames (None for a camera, and for a
+    file whose header does not give it); ``location``: the folder or file the frames come from
+    (None for a camera); ``endless``: a live stream (a camera), which only a signal ends, where
+    every other source is finite."""
 
     description: str = ""
     location: Path | None = None
     fps: float | None = None
     length: int | None = None
+    endless: bool = False
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
@@ -177,9 +182,11 @@ class CaptureSource(FrameSource):
                 raise RuntimeError(f"camera {target} is not available (no device, or it delivers no frames)")
             raise ValueError(f"cannot read video {target}: OpenCV cannot decode it or it holds no frames")
         self._first = first
-        self.fps = self._capture.get(cv2.CAP_PROP_FPS) or None
+        self.endless = is_camera
+        self.fps = inputs.source_fps(self._capture.get(cv2.CAP_PROP_FPS))
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.length = count if count > 0 and not is_camera else None
+        self._packets = _jpeg_packets(target) if not is_camera and _fourcc(self._capture) == "MJPG" else None
 
     def __iter__(self) -> Iterator[Frame]:
         """The frames; a :class:`VosrtWarning` when a file ends before the frame count its header gives."""
@@ -189,6 +196,7 @@ class CaptureSource(FrameSource):
             raise RuntimeError(f"{self.description} can be read only once")
         image, self._first, index = self._first, None, 0
         while image is not None:
+            self._check_size(index, image.shape[:2])
             yield Frame(f"{index:05d}", cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
             ok, image = self._capture.read()
             image, index = (image if ok else None), index + 1
@@ -196,8 +204,39 @@ class CaptureSource(FrameSource):
             warnings.warn(VosrtWarning(f"{self.description} ended after {index} of the {self.length} frames its "
                                        "header announces: the file is probably truncated"), stacklevel=2)
 
+    def _check_size(self, index: int, size: tuple[int, int]) -> None:
+        """ValueError when frame ``index`` of an MJPEG video is stored at another size than
+        ``size``, the size OpenCV decoded it at (it stretches every frame to the first one's)."""
+        if self._packets is None:
+            return
+        ok, packet = self._packets.read()
+        stored = inputs.jpeg_size(packet.tobytes()) if ok else None
+        if stored is not None and stored != tuple(size):
+            raise ValueError(f"{self.description} changes its frame size within the file: frame {index} is "
+                             f"{stored[0]}x{stored[1]}, the first {size[0]}x{size[1]} (OpenCV would stretch it); split "
+                             "the video where the size changes")
+
     def close(self) -> None:
         self._capture.release()
+        if self._packets is not None:
+            self._packets.release()
+
+
+def _fourcc(capture) -> str:
+    """The four-character code of the codec of an OpenCV capture."""
+    import cv2
+
+    code = int(capture.get(cv2.CAP_PROP_FOURCC))
+    return "".join(chr((code >> 8 * i) & 0xFF) for i in range(4))
+
+
+def _jpeg_packets(path: str):
+    """An OpenCV capture of the video file ``path`` that returns each frame's packet undecoded
+    (for MJPEG: one JPEG image each)."""
+    import cv2
+
+    with _native_stderr_silenced():
+        return cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
 
 
 def open_frames(source: str) -> FrameSource:
@@ -221,7 +260,7 @@ def mask_files(masks: str | Path, first_frame: str) -> dict[str, Path]:
         return {first_frame: masks}
     if not masks.is_dir():
         raise FileNotFoundError(f"mask file or folder not found: {masks}")
-    return {p.stem: p for p in masks.glob("*.png")}
+    return inputs.files_by_name(masks.iterdir(), {".png"}, "masks")
 
 
 @contextlib.contextmanager
@@ -242,11 +281,12 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 @contextlib.contextmanager
 def overlay_video(path: str | Path, fps: float, size: tuple[int, int], palette: list[int] | None = None,
-                  alpha: float = 0.5) -> Iterator["OverlayVideoWriter"]:
+                  alpha: float = 0.5, *, overwrite: bool = True) -> Iterator["OverlayVideoWriter"]:
     """An :class:`OverlayVideoWriter` for ``path`` that writes to a fresh hidden file beside it
     (:func:`vosrt.runtime.outputs.staged_file`): when the block completes the video is read back
-    and, if every frame is there, renamed to ``path``; otherwise (or when the block raises) it is
-    deleted and ``path`` is left as it was."""
+    and, if every frame is there at its size (and, without ``overwrite``, ``path`` is still
+    absent), renamed to ``path``; otherwise (or when the block raises) it is deleted and ``path``
+    is left as it was."""
     path = Path(path)
     codecs = OverlayVideoWriter.codecs(path)
     writer = None
@@ -256,6 +296,10 @@ def overlay_video(path: str | Path, fps: float, size: tuple[int, int], palette: 
         if readable != writer.frames:
             raise OSError(f"could not write the overlay video {path}: {readable} of its {writer.frames} frames read "
                           "back (disk full?)")
+        outputs.check_still_free(path, overwrite, "--overlay")
+        if readable and frame_size(partial) != writer.size:
+            raise OSError(f"could not write the overlay video {path}: its frames read back at {frame_size(partial)}, "
+                          f"not the {writer.size} written")
 
     with outputs.staged_file(path, check) as partial:
         writer = OverlayVideoWriter(partial, codecs, fps, size, palette, alpha)
@@ -263,6 +307,17 @@ def overlay_video(path: str | Path, fps: float, size: tuple[int, int], palette: 
             yield writer
         finally:
             writer.release()
+
+
+def frame_size(path: str | Path) -> tuple[int, int] | None:
+    """``(H, W)`` of the first frame OpenCV reads from the video file at ``path`` (None: none)."""
+    import cv2
+
+    with _native_stderr_silenced():
+        capture = cv2.VideoCapture(str(path))
+        ok, image = capture.read()
+        capture.release()
+    return image.shape[:2] if ok else None
 
 
 def count_frames(path: str | Path) -> int:
@@ -282,10 +337,13 @@ class OverlayVideoWriter:
     """Writes frames with their label maps blended in (``alpha`` of the palette colour on the
     objects) to the video file ``path`` with the first of ``codecs`` (fourcc codes) this OpenCV
     can encode: H.264 for .mp4/.mov/.mkv where OpenCV has an encoder for it, else MPEG-4 Part 2
-    with a :class:`VosrtWarning`. Use it through :func:`overlay_video`, which stages the file."""
+    with a :class:`VosrtWarning`. Those two encode only even sizes: an odd height or width is
+    padded by repeating the last row or column (``size``: what the file holds), with a warning.
+    Use it through :func:`overlay_video`, which stages the file."""
 
     CODECS = {".mp4": ("avc1", "mp4v"), ".mov": ("avc1", "mp4v"), ".mkv": ("avc1", "mp4v"), ".avi": ("MJPG",)}
     PLAYABLE = "avc1"  # H.264: what browsers play
+    EVEN_ONLY = ("avc1", "mp4v")  # codecs that drop an odd last row/column (and refuse a size of 1)
 
     @classmethod
     def codecs(cls, path: Path) -> tuple[str, ...]:
@@ -300,10 +358,12 @@ class OverlayVideoWriter:
         cv2 = opencv()
 
         self.path = Path(path)
+        self.frame_size = tuple(size)
         for self.codec in codecs:
+            self.size = inputs.even_size(self.frame_size) if self.codec in self.EVEN_ONLY else self.frame_size
             with _native_stderr_silenced():  # FFmpeg reports a missing encoder on stderr
                 self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.codec), fps,
-                                               (size[1], size[0]))
+                                               (self.size[1], self.size[0]))
             if self._writer.isOpened():
                 break
             self._writer.release()
@@ -313,6 +373,10 @@ class OverlayVideoWriter:
             warnings.warn(VosrtWarning(f"this OpenCV has no H.264 encoder: the overlay is {self.codec} (MPEG-4 "
                                        "Part 2), which browsers do not play; convert it with ffmpeg -c:v libx264 to "
                                        "share it"), stacklevel=2)
+        if self.size != self.frame_size:
+            warnings.warn(VosrtWarning(f"the overlay is {self.size[0]}x{self.size[1]}: {self.codec} encodes only even "
+                                       f"sizes, so the {self.frame_size[0]}x{self.frame_size[1]} frames get their last "
+                                       "row or column repeated (an .avi overlay keeps the size)"), stacklevel=2)
         self.colours = np.array(full_palette(palette), dtype=np.float32).reshape(256, 3)
         self.alpha = alpha
         self.frames = 0
@@ -324,7 +388,14 @@ class OverlayVideoWriter:
         blended = image.astype(np.float32)
         objects = labels > 0
         blended[objects] = (1 - self.alpha) * blended[objects] + self.alpha * self.colours[labels[objects]]
-        self._writer.write(cv2.cvtColor(blended.round().astype(np.uint8), cv2.COLOR_RGB2BGR))
+        if image.shape[:2] != self.frame_size:
+            raise ValueError(f"an overlay frame of {image.shape[0]}x{image.shape[1]} in a video of "
+                             f"{self.frame_size[0]}x{self.frame_size[1]} frames")
+        frame = blended.round().astype(np.uint8)
+        if self.size != self.frame_size:
+            pad = ((0, self.size[0] - self.frame_size[0]), (0, self.size[1] - self.frame_size[1]), (0, 0))
+            frame = np.pad(frame, pad, mode="edge")
+        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         self.frames += 1
 
     def release(self) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from vosrt import io
+from vosrt import inputs, io
 from vosrt.runtime import outputs
 from vosrt.runtime.geometry import check_mask_size
 
@@ -31,7 +31,7 @@ class SegmentResult:
     seconds: float
     output: Path | None
     overlay: Path | None
-    stopped: bool  # a camera stream ended by Ctrl-C
+    stopped: bool  # a camera stream (endless) ended by Ctrl-C or SIGTERM
     others: list[str] = field(default_factory=list)  # files --output held that this run did not write
 
 
@@ -44,10 +44,44 @@ def check_outputs(source: io.FrameSource, masks: str | Path, output: str | Path 
         raise ValueError("nothing to write: give --output DIR (palette PNGs), --overlay FILE.mp4, or both")
     sources = (("--input", source.location), ("--masks", masks))
     if output is not None:
+        inputs.check_not_dangling(output, "--output")
         outputs.check_output_folder(output, sources, overwrite, "--output")
     if overlay is not None:
         io.OverlayVideoWriter.codecs(Path(overlay))
+        inputs.check_not_dangling(overlay, "--overlay")
         outputs.check_output_file(overlay, sources, overwrite, "--overlay")
+
+
+def check_distinct(output_folders: Sequence[str | Path | None], overlays: Sequence[str | Path | None]) -> None:
+    """ValueError when two outputs of one command (``--output`` and ``--overlay`` of every stream)
+    are the same path, or one lies inside the other: each would overwrite the other."""
+    named = [(flag, Path(path)) for flag, paths in (("--output", output_folders), ("--overlay", overlays))
+             for path in paths if path is not None]
+    for index, (flag, path) in enumerate(named):
+        for other_flag, other in named[index + 1:]:
+            a, b = path.resolve(), other.resolve()
+            if a == b or a in b.parents or b in a.parents:
+                raise ValueError(f"{flag} {inputs.printable(path)} and {other_flag} {inputs.printable(other)} name the "
+                                 "same output (or one inside the other): give every stream outputs of its own")
+
+
+@contextlib.contextmanager
+def claimed_outputs(checks: Sequence[tuple[io.FrameSource, str | Path, str | Path | None, str | Path | None]],
+                    overwrite: bool) -> Iterator[None]:
+    """Check the outputs of each ``(source, masks, output, overlay)`` (:func:`check_outputs`),
+    claim them for the block (:func:`vosrt.runtime.outputs.claimed`: another run naming one of
+    them is refused before it starts work), then check them again under the claims."""
+    check_distinct([c[2] for c in checks], [c[3] for c in checks])
+    for check in checks:
+        check_outputs(*check, overwrite)
+    with contextlib.ExitStack() as claims:
+        for _, _, output, overlay in checks:
+            for path, flag in ((output, "--output"), (overlay, "--overlay")):
+                if path is not None:
+                    claims.enter_context(outputs.claimed(path, flag))
+        for check in checks:
+            check_outputs(*check, overwrite)
+        yield
 
 
 def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks: str | Path, *,
@@ -60,27 +94,30 @@ def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks
     source's size and frame rate (``fps`` when the source has none, else 24). The outputs and
     the first frame and its mask are checked before the session is made (:func:`check_outputs`:
     ``overwrite`` lets a run replace the files it writes in a non-empty ``output`` and an
-    existing ``overlay``); outputs appear only when the run succeeds (a camera stopped with
-    Ctrl-C counts as success), complete and read back.
+    existing ``overlay``) and claimed for the run (:func:`claimed_outputs`); outputs appear only
+    when the run succeeds (a camera stopped with Ctrl-C or SIGTERM counts as success; a finite
+    input stopped before its end raises KeyboardInterrupt with ``progress``, how far it got),
+    complete and read back.
     """
-    check_outputs(source, masks, output, overlay, overwrite)
-    video = _Video(source, masks, fps, max_frames)
-    session = make_session()
-    written = _Written()
-    with _outputs(output, overlay, video.frame_rate, video.size, video.palette, written) as write, \
-            tqdm(total=video.total, unit="frame", desc="segment") as bar:
-        start, count, stopped = time.perf_counter(), 0, False
-        try:
-            for frame, last in video:
-                prob = session.step(frame.image, video.mask(frame), end=last)
-                write(frame, session.to_mask(prob))
-                count += 1
-                bar.update()
-                bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.2f}")
-        except KeyboardInterrupt:
-            if source.length is not None:
-                raise
-            stopped = True  # Ctrl-C (or SIGTERM) is how a camera stream ends
+    with claimed_outputs([(source, masks, output, overlay)], overwrite):
+        video = _Video(source, masks, fps, max_frames)
+        session = make_session()
+        written = _Written()
+        with _outputs(output, overlay, video.frame_rate, video.size, video.palette, written, overwrite) as write, \
+                tqdm(total=video.total, unit="frame", desc="segment") as bar:
+            start, count, stopped = time.perf_counter(), 0, False
+            try:
+                for frame, last in video:
+                    prob = session.step(frame.image, video.mask(frame), end=last)
+                    write(frame, session.to_mask(prob))
+                    count += 1
+                    bar.update()
+                    bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.2f}")
+            except KeyboardInterrupt as stop:
+                if not source.endless:
+                    stop.progress = _progress([count], [video.total], [source])
+                    raise
+                stopped = True  # Ctrl-C (or SIGTERM) is how a camera stream ends
     return SegmentResult(count, time.perf_counter() - start, Path(output) if output is not None else None,
                          Path(overlay) if overlay is not None else None, stopped, written.others)
 
@@ -93,16 +130,17 @@ def segment_streams(make_batch: Callable[[], "BatchSession"], sources: Sequence[
     (:func:`vosrt.load_batch`), which takes a frame of every source still running per step. Each
     source gets what :func:`segment` gives it (masks, outputs and frame rates per source, in the
     order of ``sources``; the same output rules); a source that ends leaves the batch, the others
-    go on. Outputs appear only when the whole run succeeds (Ctrl-C ends it as it ends a camera in
-    :func:`segment`)."""
-    for source, mask, output, overlay in zip(sources, masks, outputs, overlays):
-        check_outputs(source, mask, output, overlay, overwrite)
-    videos = [_Video(source, mask, fps, max_frames) for source, mask in zip(sources, masks)]
-    batch = make_batch()
-    totals = [video.total for video in videos]
-    counts, written = [0] * len(videos), [_Written() for _ in videos]
+    go on. Two streams never share an output (:func:`check_distinct`). Outputs appear only when
+    the whole run succeeds (Ctrl-C ends it as it ends a camera in :func:`segment`, when every
+    source is a camera)."""
     with contextlib.ExitStack() as stack:
-        writers = [stack.enter_context(_outputs(output, overlay, video.frame_rate, video.size, video.palette, record))
+        stack.enter_context(claimed_outputs(list(zip(sources, masks, outputs, overlays)), overwrite))
+        videos = [_Video(source, mask, fps, max_frames) for source, mask in zip(sources, masks)]
+        batch = make_batch()
+        totals = [video.total for video in videos]
+        counts, written = [0] * len(videos), [_Written() for _ in videos]
+        writers = [stack.enter_context(_outputs(output, overlay, video.frame_rate, video.size, video.palette, record,
+                                                overwrite))
                    for video, output, overlay, record in zip(videos, outputs, overlays, written)]
         bar = stack.enter_context(tqdm(total=None if None in totals else sum(totals), unit="frame", desc="segment"))
         start, stopped, running = time.perf_counter(), False, dict(enumerate(videos))
@@ -122,8 +160,9 @@ def segment_streams(make_batch: Callable[[], "BatchSession"], sources: Sequence[
                     batch.end(stream)
                     del running[stream]
                 bar.update(len(frames))
-        except KeyboardInterrupt:
-            if any(source.length is not None for source in sources):
+        except KeyboardInterrupt as stop:
+            if not all(source.endless for source in sources):
+                stop.progress = _progress(counts, totals, sources)
                 raise
             stopped = True
     seconds = time.perf_counter() - start
@@ -140,8 +179,7 @@ class _Video:
     def __init__(self, source: io.FrameSource, masks: str | Path, fps: float | None, max_frames: int | None):
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
-        if fps is not None and not fps > 0:
-            raise ValueError(f"--fps must be positive, got {fps}")
+        inputs.check_fps(fps)
         frames = iter(source)
         first = next(frames)
         self.mask_paths = io.mask_files(masks, first.name)
@@ -153,7 +191,7 @@ class _Video:
         self.total = source.length if max_frames is None else min(source.length or max_frames, max_frames)
         stream = islice(chain([first], frames), max_frames)
         # A file's last frame is known one frame ahead; a live stream is not held back for that.
-        self._frames = _flag_last(stream) if source.length is not None else ((f, False) for f in stream)
+        self._frames = ((f, False) for f in stream) if source.endless else _flag_last(stream)
 
     def __iter__(self) -> "_Video":
         return self
@@ -165,6 +203,15 @@ class _Video:
         """The label map given for ``frame`` (the first frame's on the first call), or None."""
         mask, self._first_mask = self._first_mask, None
         return mask if mask is not None else _mask_for(frame, self.mask_paths)
+
+
+def _progress(counts: Sequence[int], totals: Sequence[int | None], sources: Sequence[io.FrameSource]) -> str:
+    """How far a run stopped before the end of its finite inputs got, e.g. "after 5 of the 8
+    frames of image folder clip", for the message of the exit status."""
+    parts = [f"{count} of the {total} frames" if total is not None else f"{count} frames (not the end)"
+             for count, total in zip(counts, totals)]
+    where = [f"{part} of {inputs.printable(source.description)}" for part, source in zip(parts, sources)]
+    return f"stopped after {', '.join(where)}; nothing was written"
 
 
 def _mask_for(frame: io.Frame, mask_paths: dict[str, Path]) -> np.ndarray | None:
@@ -201,13 +248,15 @@ class _Written:
 
 @contextlib.contextmanager
 def _outputs(output: str | Path | None, overlay: str | Path | None, fps: float, size: tuple[int, int],
-             palette: list[int] | None, written: _Written) -> Iterator[Callable[[io.Frame, np.ndarray], None]]:
+             palette: list[int] | None, written: _Written, overwrite: bool
+             ) -> Iterator[Callable[[io.Frame, np.ndarray], None]]:
     """``write(frame, labels)``: palette PNGs go to a staging folder beside ``output`` and the
     overlay to a staged video (:func:`vosrt.io.overlay_video`). When the block completes, the video
     is read back and put in place, then the PNGs are read back and moved into ``output``
-    (``written.others``: the files it held that this run did not write). When it raises, nothing is left."""
+    (``written.others``: the files it held that this run did not write); without ``overwrite``,
+    each target is checked again first to be new or empty. When it raises, nothing is left."""
     with (outputs.staged_folder(output) if output is not None else contextlib.nullcontext()) as staging:
-        with (io.overlay_video(overlay, fps, size, palette) if overlay is not None
+        with (io.overlay_video(overlay, fps, size, palette, overwrite=overwrite) if overlay is not None
               else contextlib.nullcontext()) as video:
             def write(frame: io.Frame, labels: np.ndarray) -> None:
                 if staging is not None:
@@ -219,4 +268,5 @@ def _outputs(output: str | Path | None, overlay: str | Path | None, fps: float, 
         if staging is not None:
             for path in staging.iterdir():
                 io.check_label_map(path)
+            outputs.check_still_free(Path(output), overwrite, "--output")
             written.others = outputs.move_files(staging, Path(output))

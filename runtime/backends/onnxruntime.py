@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..artifacts import ONNX_FORMAT, load_constants, read_manifest
+from ..export_check import check_graphs
 from ..registry import MODELS
 from ..stages import StageSpec
 from .base import Backend
@@ -71,11 +72,13 @@ def create_session(path: str | Path, providers: list, custom_ops: list[str] = ()
 
 
 class OnnxRuntimeBackend(Backend):
-    """Runs an export directory (see :func:`vosrt.export.onnx.export_onnx`) on ``device``."""
+    """Runs an export directory (see :func:`vosrt.export.onnx.export_onnx`) on ``device``, once its
+    graphs are checked against its manifest (:func:`..export_check.check_graphs`)."""
 
     def __init__(self, directory: str | Path, device: torch.device | str = "cpu", *, check_files: bool = True):
         directory = Path(directory)
         self.manifest = read_manifest(directory, ONNX_FORMAT, check_files=check_files)
+        check_graphs(directory, self.manifest)
         self.device = torch.device(device)
         self.stages = MODELS[self.manifest["model"]].family.stages
         self.architecture = self.manifest["architecture"]

@@ -138,3 +138,48 @@ def test_official_alignment_of_the_judo_mask():
     assert alignable((480, 849), (480, 854)) and not alignable((480, 848), (480, 854))
     with pytest.raises(ValueError, match="mask m.png is 480x848 but the frame is 480x854"):
         check_mask_size((480, 848), (480, 854), "mask m.png")
+
+
+def _dead_process_tag() -> str:
+    """The owner tag of a process that has ended (on this host)."""
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return f"{child.stdout.strip()}@{outputs.owner().partition('@')[2]}"
+
+
+def test_a_claim_refuses_a_second_claim_and_goes_with_its_run(tmp_path):
+    target = tmp_path / "new" / "out"
+    with outputs.claimed(target, "--output"):
+        claim = tmp_path / "new" / ".out.vosrt-claim"
+        assert claim.read_text().strip() == outputs.owner()
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / ".out.vosrt-claim").write_text(f"1@{outputs.owner().partition('@')[2]}\n")  # init: alive
+        with pytest.raises(FileExistsError, match="being written by another vosrt run"):
+            with outputs.claimed(tmp_path / "other" / "out", "--output"):
+                pass
+    assert not (tmp_path / "new").exists()  # the claim and the folder made for it are gone
+
+
+def test_a_claim_of_a_process_that_ended_is_taken_over(tmp_path):
+    (tmp_path / ".out.vosrt-claim").write_text(_dead_process_tag() + "\n")
+    with outputs.claimed(tmp_path / "out", "--output"):
+        assert (tmp_path / ".out.vosrt-claim").read_text().strip() == outputs.owner()
+
+
+def test_staging_of_a_process_that_ended_is_removed_by_the_next_run(tmp_path):
+    dead, old = _dead_process_tag(), 2 * outputs.STALE_SECONDS
+    left = tmp_path / f".out.{dead}.abcdefgh.partial"
+    (left / "sub").mkdir(parents=True)
+    remote = tmp_path / ".out.7@elsewhere.abcdefgh.partial"
+    remote.mkdir()
+    fresh_remote = tmp_path / ".out.8@elsewhere.abcdefgh.partial"
+    fresh_remote.mkdir()
+    os.utime(remote, (remote.stat().st_atime - old, remote.stat().st_mtime - old))
+    users = tmp_path / ".out.mine.partial"  # no owner tag: not vosrt's name, left alone
+    users.write_text("keep")
+    with outputs.staged_folder(tmp_path / "out") as staging:
+        assert outputs.owner() in staging.name
+    assert not left.exists() and not remote.exists()
+    assert fresh_remote.exists() and users.read_text() == "keep"

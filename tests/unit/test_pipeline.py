@@ -294,9 +294,9 @@ def test_eval_errors_are_one_line(tmp_path, capfd):
 
 
 class _FakeCamera(io.FrameSource):
-    """A stream of unknown length whose user presses Ctrl-C after ``frames`` frames."""
+    """An endless stream (a camera) whose user presses Ctrl-C after ``frames`` frames."""
 
-    description, fps, length = "fake camera", 15.0, None
+    description, fps, length, endless = "fake camera", 15.0, None, True
 
     def __init__(self, frames: int):
         self.frames = frames

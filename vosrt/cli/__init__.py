@@ -3,7 +3,8 @@
 Errors a user can fix (bad paths, wrong masks, wrong checkpoints, no GPU) print one line and
 exit with status 2; they never show a traceback. Warnings (:class:`VosrtWarning`) print one line
 each. Ctrl-C exits with 130 and SIGTERM with 143, both after the command has removed what it had
-half-written. Each command lives in its own module, which imports torch only when the command runs.
+half-written (and, for ``segment``, saying how far it got). Each command lives in its own module,
+which imports torch only when the command runs.
 """
 from __future__ import annotations
 
@@ -63,13 +64,19 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     except USER_ERRORS as err:
         print(f"{prefix}: error: {err}", file=sys.stderr)
         return 2
-    except Terminated:
-        print("terminated", file=sys.stderr)
+    except Terminated as stop:
+        print(f"terminated{_progress(stop)}", file=sys.stderr)
         return 143
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"interrupted{_progress(stop)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _progress(stop: KeyboardInterrupt) -> str:
+    """``: <how far the run got>`` when the command recorded it (``progress``), else nothing."""
+    progress = getattr(stop, "progress", None)
+    return f": {progress}" if progress else ""
 
 
 @contextlib.contextmanager

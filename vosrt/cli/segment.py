@@ -5,6 +5,7 @@ import argparse
 import contextlib
 
 from vosrt.io import IMAGE_SUFFIXES, OverlayVideoWriter
+from vosrt.inputs import printable
 from vosrt.pipeline import DEFAULT_FPS
 from vosrt.runtime.backends import BACKENDS
 from vosrt.runtime.registry import MODEL_NAMES
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> None:
                                                outputs=outputs, overlays=overlays, fps=args.fps,
                                                max_frames=args.max_frames, overwrite=args.overwrite)
     for path, result in zip(args.input, results):
-        _report(result, f" of {path}" if len(results) > 1 else "")
+        _report(result, f" of {printable(path)}" if len(results) > 1 else "")
     if len(results) > 1:
         frames, seconds = sum(r.frames for r in results), results[0].seconds
         print(f"{len(results)} streams: {frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} fps "
@@ -132,9 +133,9 @@ def _report(result, which: str) -> None:
     print(f"segmented {result.frames} frames{which}{stopped} in {result.seconds:.1f} s "
           f"({result.frames / max(result.seconds, 1e-9):.2f} fps)")
     if result.output is not None:
-        print(f"wrote {result.frames} label maps to {result.output}")
+        print(f"wrote {result.frames} label maps to {printable(result.output)}")
         if result.others:
-            print(f"note: {len(result.others)} other files in {result.output} were left as they were "
-                  f"(e.g. {result.others[0]})")
+            print(f"note: {len(result.others)} other files in {printable(result.output)} were left as they were "
+                  f"(e.g. {printable(result.others[0])})")
     if result.overlay is not None:
-        print(f"wrote the overlay video {result.overlay}")
+        print(f"wrote the overlay video {printable(result.overlay)}")
