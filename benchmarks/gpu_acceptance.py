@@ -85,7 +85,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORT = "gpu_acceptance"
 TOTAL_S = 280  # the sections' timeouts (Section.timeout_s) add up to less
 SMOKE_SLOWDOWN = 3  # --smoke: every timeout and the total times this (a shared CPU, weights made on it)
-MIN_SECTION_S = 5  # a section given less is skipped
+MIN_SECTION_S = 2  # a section given less is skipped
 DATA_PATHS = ("reference", "data/davis-examples", "data/synthetic-shapes", "data/synthetic-long")
 GPU_TEST_PATHS = ("tests/gpu",)
 KERNEL_TEST_PATHS = ("tests/kernels",)
@@ -226,9 +226,11 @@ def junit_summary(path: Path) -> dict:
     for case in ElementTree.parse(path).iter("testcase"):
         outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
         detail = next((child.get("message") or "" for child in case if child.tag == outcome), "")
-        if outcome == "error" and not case.get("name") and "collection failure" in detail:
-            outcome = "collection_error"
-        test = f"{case.get('classname')}::{case.get('name')}" if case.get("name") else case.get("classname")
+        if outcome == "error" and not case.get("classname") and detail == "collection failure":
+            outcome = "collection_error"  # pytest's junit names the file in ``name``, ``classname`` empty
+            text = next(child.text or "" for child in case if child.tag == "error")
+            detail = next((line[2:] for line in reversed(text.splitlines()) if line.startswith("E ")), detail)
+        test = f"{case.get('classname')}::{case.get('name')}" if case.get("classname") else case.get("name")
         cases.append({"test": test, "outcome": outcome, "seconds": float(case.get("time") or 0),
                       "message": detail.strip().splitlines()[0][:300] if detail.strip() else ""})
     outcomes = ("passed", "failure", "error", "skipped", "collection_error")
