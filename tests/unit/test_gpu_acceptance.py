@@ -243,3 +243,11 @@ def test_the_smoke_run_passes_every_section_on_the_cpu(acceptance, tmp_path):
     assert {name: entry["status"] for name, entry in sections.items()} == {
         "environment": "ok", "gpu_tests": "ok", "kernel_tests": "ok", "kernels": "skipped", "cutie": "ok",
         "jointformer": "ok"}
+
+
+def test_the_kernel_tests_run_on_the_gpu_in_a_section_of_their_own(acceptance, tmp_path):
+    """tests/kernels carry no gpu marker: the run selects them by path, not by ``-m``."""
+    section = next(s for s in acceptance.SECTIONS if s.name == "kernel_tests")
+    assert acceptance.KERNEL_TEST_PATHS == ("tests/kernels",) and section.target == "kernel_tests"
+    command = acceptance.pytest_command("kernels", list(acceptance.KERNEL_TEST_PATHS), tmp_path / "junit.xml")
+    assert "tests/kernels" in command and "-m" not in command[3:]  # after "python -m pytest"
