@@ -11,8 +11,9 @@ layout as well, so a frame copies none of it; every other input is copied into t
 static buffer before the replay. A graph is replayed only for memory at the address it was
 captured with, so it never reads memory it does not own: new buffers (objects added or
 removed) get new graphs, up to ``max_graphs`` in all, the least recently used being dropped
-beyond that. A stage whose capture fails (an op that synchronises with the host, say) runs
-eagerly from then on, with one warning. Returned tensors are the graph's static outputs:
+beyond that. A stage whose capture fails, for whatever reason (an op that synchronises with the
+host, say), runs eagerly from then on, with one warning naming the error; the caller's stream is
+as it was (see :class:`CapturedStage`). Returned tensors are the graph's static outputs:
 valid until the next replay of that graph.
 
 What each graph captures comes from the backend's :meth:`~.base.Backend.graph_runner`: for
@@ -42,25 +43,34 @@ Runner = Callable[[list[torch.Tensor]], Sequence[torch.Tensor]]
 class CapturedStage:
     """A captured stage call: static buffers of the copied inputs and of the outputs, and the graph,
     whose allocations come from the memory pool ``pool``. ``runner``: what the graph captures
-    (and the warm-up runs); kept for the graph's lifetime (it may own the graph's execution state)."""
+    (and the warm-up runs); kept for the graph's lifetime (it may own the graph's execution state).
 
-    def __init__(self, runner: Runner, inputs: list[torch.Tensor], in_place: set[int], warmup: int, pool: Any):
+    Warm-up and capture run on ``stream`` (the backend's side stream), inside a stream context of
+    their own around torch's: ``torch.cuda.graph`` ends the capture before it restores the stream,
+    so when the capture fails there the outer context still puts the caller's stream back, and the
+    caller's stream never captured nor allocated from ``pool``."""
+
+    def __init__(self, runner: Runner, inputs: list[torch.Tensor], in_place: set[int], warmup: int, pool: Any,
+                 stream: torch.cuda.Stream):
         self.runner = runner
         self.copied = {i: torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x)
                        for i, x in enumerate(inputs) if i not in in_place}
         args = [self.copied.get(i, x) for i, x in enumerate(inputs)]
         device = args[0].device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
+        caller = torch.cuda.current_stream(device)
+        stream.wait_stream(caller)
+        with torch.cuda.stream(stream):
             for _ in range(warmup):
                 shapes = [(x.shape, x.dtype) for x in runner(args)]
-        torch.cuda.current_stream(device).wait_stream(side)
+        caller.wait_stream(stream)
         self.outputs = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes]
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            for static, output in zip(self.outputs, runner(args)):
-                static.copy_(output)
+        stream.wait_stream(caller)
+        with torch.cuda.stream(stream):
+            with torch.cuda.graph(self.graph, pool=pool, stream=stream):
+                for static, output in zip(self.outputs, runner(args)):
+                    static.copy_(output)
+        caller.wait_stream(stream)
 
     def __call__(self, inputs: list[torch.Tensor]) -> Sequence[torch.Tensor]:
         for i, static in self.copied.items():
@@ -84,6 +94,7 @@ class CudaGraphBackend(BackendWrapper):
         self.max_graphs = max_graphs
         self.warmup = warmup
         self.pool = torch.cuda.graph_pool_handle()  # shared by every graph of this backend
+        self.stream = torch.cuda.Stream(inner.device)  # every warm-up and capture runs on it
         self.captured: OrderedDict[tuple, CapturedStage | None] = OrderedDict()  # None: runs eagerly
 
     @torch.inference_mode()
@@ -101,10 +112,11 @@ class CudaGraphBackend(BackendWrapper):
 
     def _capture(self, stage: StageSpec, inputs: list[torch.Tensor], in_place: set[int]) -> CapturedStage | None:
         try:
-            return CapturedStage(self.inner.graph_runner(stage), inputs, in_place, self.warmup, self.pool)
-        except RuntimeError as err:  # e.g. a host synchronisation inside the stage
-            warnings.warn(f"CUDA-graph capture of {stage.name} failed, running it eagerly: {str(err).splitlines()[0]}",
-                          RuntimeWarning, stacklevel=4)
+            return CapturedStage(self.inner.graph_runner(stage), inputs, in_place, self.warmup, self.pool, self.stream)
+        except Exception as err:  # noqa: BLE001  any failure to capture (a host sync inside the stage, say) runs eagerly
+            first_line = (str(err).splitlines() or [""])[0]
+            warnings.warn(f"CUDA-graph capture of {stage.name} failed, running it eagerly: "
+                          f"{type(err).__name__}: {first_line}", RuntimeWarning, stacklevel=4)
             return None
 
 

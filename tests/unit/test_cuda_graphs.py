@@ -21,7 +21,7 @@ from vosrt.runtime.backends.tensorrt import Engine, TensorRTBackend
 class _FakeCapture:
     """Stands in for a captured graph: records the inputs it copies and replays by calling the stage."""
 
-    def __init__(self, run, inputs, in_place, warmup, pool):
+    def __init__(self, run, inputs, in_place, warmup, pool, stream):
         self.run = run
         self.copied = [i for i in range(len(inputs)) if i not in in_place]
 
@@ -44,34 +44,67 @@ class _CudaLabelled(ArithmeticBackend):
         return outputs
 
 
+class _FakeStream:
+    def __init__(self, name):
+        self.name, self.cuda_stream = name, 0
+
+    def wait_stream(self, other):
+        pass
+
+    def __repr__(self):
+        return f"stream {self.name}"
+
+
 @pytest.fixture
 def fake_cuda(monkeypatch):
     """torch.cuda's streams, graphs and graph pools as CPU stand-ins; ``capturing`` is set inside a capture,
-    ``pools``: the pool handles made."""
-    state = types.SimpleNamespace(capturing=False, pools=[])
-    stream = types.SimpleNamespace(wait_stream=lambda other: None, cuda_stream=0)
+    ``pools``: the pool handles made, ``current``: the thread's current stream (starts as the caller's,
+    ``caller``), ``fail_capture_end``: an exception the end of the next capture raises. The graph context
+    behaves as torch.cuda.graph does: it enters its capture stream (torch's own one unless given one),
+    and on exit ends the capture before it restores the stream."""
+    state = types.SimpleNamespace(capturing=False, pools=[], caller=_FakeStream("caller"), fail_capture_end=None)
+    state.current = state.caller
+    internal = _FakeStream("torch's default capture stream")
+
+    @contextlib.contextmanager
+    def use_stream(stream):
+        previous, state.current = state.current, stream
+        try:
+            yield
+        finally:
+            state.current = previous
 
     class Graph:
         def __init__(self):
             self.pool, self.replays = None, 0
 
+        def capture_end(self):
+            state.capturing = False
+            if state.fail_capture_end is not None:
+                raise state.fail_capture_end
+
         def replay(self):
             self.replays += 1
 
-    @contextlib.contextmanager
-    def capture(graph, pool=None):
-        graph.pool, state.capturing = pool, True
-        try:
-            yield
-        finally:
-            state.capturing = False
+    class GraphContext:
+        def __init__(self, graph, pool=None, stream=None):
+            self.graph, self.stream_context = graph, use_stream(stream or internal)
+            graph.pool = pool
+
+        def __enter__(self):
+            self.stream_context.__enter__()
+            state.capturing = True
+
+        def __exit__(self, *exc):
+            self.graph.capture_end()
+            self.stream_context.__exit__(*exc)
 
     def pool_handle():
         state.pools.append(object())
         return state.pools[-1]
 
-    for name, value in dict(Stream=lambda device=None: stream, current_stream=lambda device=None: stream,
-                            stream=lambda s: contextlib.nullcontext(), CUDAGraph=Graph, graph=capture,
+    for name, value in dict(Stream=lambda device=None: _FakeStream("side"), current_stream=lambda device=None:
+                            state.current, stream=use_stream, CUDAGraph=Graph, graph=GraphContext,
                             graph_pool_handle=pool_handle).items():
         monkeypatch.setattr(torch.cuda, name, value)
     return state
@@ -114,12 +147,50 @@ def test_a_failed_capture_runs_eagerly_and_warns_once(monkeypatch, fake_cuda):
     monkeypatch.setattr(cuda_graphs, "CapturedStage", fail)
     graphs = CudaGraphBackend(_CudaLabelled())
     x = torch.rand(3)
-    with pytest.warns(RuntimeWarning, match="capture of double failed, running it eagerly: operation not"):
+    with pytest.warns(RuntimeWarning, match="capture of double failed, running it eagerly: RuntimeError: operation not"):
         torch.testing.assert_close(graphs.run("double", x=x)["y"], x * 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning, no second attempt
         torch.testing.assert_close(graphs.run("double", x=x + 1)["y"], (x + 1) * 2)
     assert list(graphs.captured.values()) == [None]
+
+
+class _CaptureInvalidated(Exception):
+    """Not a RuntimeError: what a CUDA or Triton error may surface as."""
+
+
+@pytest.mark.parametrize("where", ["capture_end", "stage"])
+def test_any_capture_error_leaves_the_callers_stream_and_runs_eagerly(fake_cuda, where):
+    """The capture fails when torch ends it (torch.cuda.graph then never restores the stream) or in the
+    stage under capture, with an error of any type: the thread is back on the caller's stream, the
+    warning names the error, and the stage runs eagerly."""
+    error = _CaptureInvalidated("cudaErrorStreamCaptureInvalidated: operation failed due to a previous error")
+    inner = _CudaLabelled(fake_cuda)
+    if where == "capture_end":
+        fake_cuda.fail_capture_end = error
+    else:
+        def fail_under_capture(stage, inputs, run=inner._run):
+            if fake_cuda.capturing:
+                raise error
+            return run(stage, inputs)
+        inner._run = fail_under_capture
+    graphs = CudaGraphBackend(inner)
+    x = torch.rand(3)
+    with pytest.warns(RuntimeWarning, match="capture of double failed, running it eagerly: _CaptureInvalidated: cuda"):
+        y = graphs.run("double", x=x)["y"]
+    assert fake_cuda.current is fake_cuda.caller and not fake_cuda.capturing
+    torch.testing.assert_close(y, x * 2)
+    assert list(graphs.captured.values()) == [None]
+
+
+def test_warm_up_and_capture_run_on_the_backends_own_stream(fake_cuda):
+    streams = []
+    inner = _CudaLabelled(fake_cuda)
+    run = inner._run
+    inner._run = lambda stage, inputs: streams.append(fake_cuda.current) or run(stage, inputs)
+    graphs = CudaGraphBackend(inner)
+    graphs.run("double", x=torch.rand(3))
+    assert streams == [graphs.stream] * (graphs.warmup + 1) and fake_cuda.current is fake_cuda.caller
 
 
 def test_cpu_backends_are_refused():

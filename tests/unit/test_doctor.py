@@ -33,7 +33,8 @@ def test_missing_and_broken_packages_are_report_lines(monkeypatch, tmp_path, cap
     assert err == "" and "Traceback" not in out
     assert "TensorRT                broken: OSError: libnvinfer.so.10: cannot open shared object file" in out
     assert "ONNX Runtime            not installed" in out and "Triton                  not installed" in out
-    assert "pip install 'vosrt[export]'" in out and "pip install 'vosrt[kernels]'" in out
+    assert "onnxruntime (backend='onnxruntime', vosrt verify):\n      pip install 'vosrt[onnxruntime]'" in out
+    assert "pip install 'vosrt[kernels]'" in out
     assert f"no   backend='onnxruntime' on the CPU  (needs onnxruntime{requirements.versions('onnxruntime')})" in out
 
 
@@ -45,6 +46,29 @@ def test_an_old_onnxruntime_is_named_with_the_upgrade(monkeypatch):
     assert not facts.ort_dlpack
     assert ("onnxruntime 1.25.1 (backend='onnxruntime' needs >= 1.26)", "pip install -U 'onnxruntime>=1.26'") in \
         doctor.fixes(facts)
+
+
+def _installed(monkeypatch, *names: str, providers=("CPUExecutionProvider",)) -> None:
+    """Stand-ins: the distributions ``names`` installed (and nothing else), an onnxruntime module with ``providers``."""
+    distributions = [types.SimpleNamespace(metadata={"Name": name}) for name in names]
+    monkeypatch.setattr(doctor.importlib.metadata, "distributions", lambda: distributions)
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.SimpleNamespace(
+        __version__="1.26.0", OrtValue=type("OrtValue", (), {"__dlpack__": None}),
+        get_available_providers=lambda: list(providers)))
+
+
+@pytest.mark.parametrize("names, providers, line", [
+    (["onnxruntime"], ["CPUExecutionProvider"], "1.26.0, CPU build (onnxruntime); providers: CPUExecutionProvider"),
+    (["onnxruntime-gpu"], ["CUDAExecutionProvider", "CPUExecutionProvider"],
+     "1.26.0, GPU (CUDA) build (onnxruntime-gpu); providers: CUDAExecutionProvider, CPUExecutionProvider"),
+    (["onnxruntime", "onnxruntime-gpu"], ["CPUExecutionProvider"],
+     "1.26.0, CPU build (onnxruntime) and GPU (CUDA) build (onnxruntime-gpu); providers: CPUExecutionProvider"),
+], ids=["cpu", "gpu", "both"])
+def test_the_onnxruntime_build_is_named(monkeypatch, names, providers, line):
+    _installed(monkeypatch, *names, providers=providers)
+    facts = doctor.collect()
+    assert f"  ONNX Runtime            {line}\n" in doctor.format_report(facts)
+    assert facts.ort_both_builds == (len(names) == 2)
 
 
 @pytest.fixture

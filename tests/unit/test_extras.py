@@ -25,16 +25,28 @@ def requirements(*extras: str) -> dict[str, Requirement]:
     return found
 
 
-@pytest.mark.parametrize("extras", [c for n in (1, 2) for c in itertools.combinations(sorted(EXTRAS), n)])
+ORT_BUILDS = {"onnxruntime", "onnxruntime-gpu"}
+CPU_ORT_EXTRAS = {"onnxruntime", "dev"}  # documented (pyproject.toml): not to be combined with [gpu]
+
+
+@pytest.mark.parametrize("extras", [c for n in (1, 2) for c in itertools.combinations(sorted(EXTRAS), n)
+                                    if not ("gpu" in c and CPU_ORT_EXTRAS & set(c))])
 def test_no_combination_installs_both_onnxruntime_builds(extras):
     """onnxruntime and onnxruntime-gpu are the same module: installed together, one overwrites the other."""
-    assert not {"onnxruntime", "onnxruntime-gpu"} <= set(requirements(*extras))
+    assert not ORT_BUILDS <= set(requirements(*extras))
+
+
+def test_only_the_documented_extras_bring_the_cpu_onnxruntime():
+    """So that the only combinations left out above are those of [gpu] with an extra that brings the CPU build."""
+    assert {extra for extra in EXTRAS if "onnxruntime" in requirements(extra)} == CPU_ORT_EXTRAS
 
 
 def test_the_gpu_extra_brings_what_the_tensorrt_path_imports():
-    """export-engine imports onnx, the plugins triton, vosrt verify polygraphy and onnxruntime."""
+    """export-engine imports onnx, the plugins triton, vosrt verify polygraphy and onnxruntime; on a GPU
+    machine ONNX Runtime is the GPU build (backend='onnxruntime' on CUDA), never the CPU one as well."""
     gpu = requirements("gpu")
-    assert {"tensorrt", "onnx", "triton", "polygraphy", "onnxruntime"} <= set(gpu)
+    assert {"tensorrt", "onnx", "triton", "polygraphy", "onnxruntime-gpu"} <= set(gpu)
+    assert "onnxruntime" not in gpu
     assert not [name for name in gpu if name.startswith("cupy")]  # nothing in vosrt imports cupy
 
 
@@ -51,7 +63,8 @@ def test_triton_is_the_version_the_kernels_are_compiled_with():
     assert not specifier.contains(Version("3.5.1")) and specifier.contains(Version("3.6.0"))
 
 
-def test_onnxruntime_hands_outputs_to_torch():
+@pytest.mark.parametrize("extra, build", [("onnxruntime", "onnxruntime"), ("gpu", "onnxruntime-gpu")])
+def test_onnxruntime_hands_outputs_to_torch(extra, build):
     """OrtValue.__dlpack__ (what the ONNX Runtime backend returns outputs through) starts with 1.26."""
-    specifier = requirements("export")["onnxruntime"].specifier
+    specifier = requirements(extra)[build].specifier
     assert not specifier.contains(Version("1.25.1")) and specifier.contains(Version("1.26.0"))

@@ -1,8 +1,8 @@
 """``vosrt doctor``: what this machine can run, and the command that installs what it lacks.
 
 It looks at the GPU (name, compute capability, memory, driver), torch and its CUDA build, Triton
-(and whether it compiles a kernel for this GPU), ONNX Runtime (release, execution providers,
-onnxruntime-extensions), onnx and Polygraphy, and TensorRT (release, ahead-of-time plugins, DLA
+(and whether it compiles a kernel for this GPU), ONNX Runtime (release, which build: CPU or GPU,
+execution providers, onnxruntime-extensions), onnx and Polygraphy, and TensorRT (release, ahead-of-time plugins, DLA
 cores). Each probe catches its own failure: a package that is missing or fails to import is a
 line of the report, never a traceback. :func:`collect` returns the same facts to other tools
 (the GPU acceptance run records them). ``python -m vosrt.doctor`` runs it too.
@@ -25,6 +25,10 @@ from vosrt import requirements
 
 TORCH_CUDA = "install torch's CUDA build for this driver: https://pytorch.org/get-started/locally/"
 ORT_GPU = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.26'"
+ORT_CPU = "pip install 'vosrt[onnxruntime]'"
+# The distributions that install the ``onnxruntime`` module, and which build each is.
+ORT_BUILDS = {"onnxruntime": "CPU", "onnxruntime-gpu": "GPU (CUDA)", "onnxruntime-directml": "DirectML",
+              "onnxruntime-openvino": "OpenVINO", "onnxruntime-qnn": "QNN"}
 TENSORRT_JETSON = "use JetPack's TensorRT (python3-libnvinfer): see docs/jetson.md"
 JETPACK_TENSORRT = (10, 3)  # JetPack 6's TensorRT (docs/jetson.md): engines without the plugins
 PROBE_TIMEOUT_S = 600  # the probe compiles in about 2 s; only a hung compiler reaches this
@@ -68,6 +72,7 @@ class Facts:
     triton_compiles: str | None = None  # "yes (sm_90)", or why not
     c_compiler: str | None = None  # Triton builds its launcher with it
     onnxruntime: str | None = None
+    ort_build: str | None = None  # "CPU build (onnxruntime)", "GPU (CUDA) build (onnxruntime-gpu)", ...
     ort_providers: tuple[str, ...] = ()
     ort_dlpack: bool = False
     ort_both_builds: bool = False
@@ -212,8 +217,10 @@ def _compile_probe(arch: int) -> str:
 def _probe_onnxruntime(facts: Facts) -> None:
     ort = _import("onnxruntime")
     facts.onnxruntime = _version(ort)
-    installed = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
-    facts.ort_both_builds = {"onnxruntime", "onnxruntime-gpu"} <= installed
+    installed = {(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
+    builds = [name for name in ORT_BUILDS if name in installed]
+    facts.ort_both_builds = len(builds) > 1
+    facts.ort_build = " and ".join(f"{ORT_BUILDS[name]} build ({name})" for name in builds) or None
     facts.onnxruntime_extensions = _version(_import("onnxruntime_extensions"))
     if ort is None or isinstance(ort, str):
         return
@@ -283,8 +290,8 @@ def fixes(facts: Facts) -> list[tuple[str, str]]:
         found.append(("onnxruntime and onnxruntime-gpu both installed (one module: they overwrite each other)",
                       ORT_GPU if _gpu_ready(facts) else "pip uninstall -y onnxruntime onnxruntime-gpu && "
                                                          "pip install 'onnxruntime>=1.26'"))
-    elif facts.onnxruntime is None or facts.onnx is None:
-        found.append(("onnx / onnxruntime (ONNX export and backend='onnxruntime')", "pip install 'vosrt[export]'"))
+    elif facts.onnxruntime is None:
+        found.append(("onnxruntime (backend='onnxruntime', vosrt verify)", ORT_GPU if _gpu_ready(facts) else ORT_CPU))
     elif not facts.ort_dlpack:
         found.append((f"onnxruntime {facts.onnxruntime} (backend='onnxruntime' needs >= 1.26)",
                       "pip install -U 'onnxruntime>=1.26'"))
@@ -296,6 +303,8 @@ def fixes(facts: Facts) -> list[tuple[str, str]]:
         found.append((f"{' and '.join(facts.opencv)} installed together (one cv2 module: they overwrite each other)",
                       f"pip uninstall -y {' '.join(others)} && pip install --force-reinstall --no-deps "
                       f"'{wanted}{requirements.versions(wanted)}'"))
+    if facts.onnx is None:
+        found.append(("onnx (ONNX export)", "pip install 'vosrt[export]'"))
     if facts.onnxruntime_extensions is None:
         found.append(("onnxruntime-extensions (custom-op exports on ONNX Runtime)", "pip install 'vosrt[export]'"))
     if facts.tensorrt is None:
@@ -335,7 +344,8 @@ def format_report(facts: Facts) -> str:
             ("Triton", f"{facts.triton or 'not installed'}"
                        + (f"; compiles for this GPU: {facts.triton_compiles}" if facts.triton_compiles else "")),
             ("C compiler", facts.c_compiler or "none"),
-            ("ONNX Runtime", f"{facts.onnxruntime or 'not installed'}; providers: {providers}"),
+            ("ONNX Runtime", f"{facts.onnxruntime or 'not installed'}"
+                             + (f", {facts.ort_build}" if facts.ort_build else "") + f"; providers: {providers}"),
             ("onnxruntime-extensions", facts.onnxruntime_extensions or "not installed"),
             ("onnx", facts.onnx or "not installed"),
             ("OpenCV", ", ".join(facts.opencv) or "not installed"),
