@@ -14,7 +14,9 @@ brings the score to about fp32 accuracy (an emulation at N = 8100, Ck = 64, scor
 ~24: max score error 8e-3 and 99.99% of the top-30 slots equal to the exact ones with the
 products rounded once, 2e-5 and 100% with the residues; a 1080p slice in the interpreter kept
 99.9% of the slots without the residues). The tensor-core work doubles, next to the selection
-that dominates. With fp32 inputs the operands stay fp32 and the dots run ``tf32x3`` (three tf32
+that dominates. ``mk^2`` overflows fp16 once ``|mk| > 256``: its operand is scaled per slot by a power of
+two into range and the dot's column scaled back in fp32 (:func:`_square_scales`; the official code
+squares in fp32). With fp32 inputs the operands stay fp32 and the dots run ``tf32x3`` (three tf32
 tensor-core products, about fp32 accuracy); Triton's interpreter computes every dot exactly in
 fp32, so tf32x3's accuracy has not been measured.
 
@@ -101,6 +103,20 @@ def _query_operands(qk_ptr, qe_ptr, offs_q, q_in, Ck, stride_qkc, stride_qkq, st
 
 
 @triton.jit
+def _square_scales(square):
+    """Per slot (column of ``square`` ``[CK_BLOCK, BLOCK_N]`` fp32), powers of two ``(down, up)``,
+    ``down * up == 1``, with ``square * down`` under 2**15 (within fp16's range) where the slot's
+    largest squared key channel is not: fp16 operands cannot hold ``mk**2`` once ``|mk| > 256``.
+    Slots within range get 1 (their dot unchanged); the scaling is exact, and undone in fp32 on
+    the dot's column after the accumulation."""
+    exponent = (tl.max(square, axis=0).to(tl.int32, bitcast=True) >> 23) - 127  # floor(log2), >= -127
+    shift = tl.maximum(exponent - 14, 0)
+    down = ((127 - shift) << 23).to(tl.float32, bitcast=True)
+    up = ((127 + shift) << 23).to(tl.float32, bitcast=True)
+    return down, up
+
+
+@triton.jit
 def _tile_keys(query_a, query_a_residue, query_b, query_bias, mk_ptr, ms_ptr, valid_ptr, n0, n_end, Ck, scale,
                stride_mkc, stride_mkn, stride_msn, stride_validn, BLOCK_N: tl.constexpr, CK_BLOCK: tl.constexpr,
                DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, RESIDUES: tl.constexpr):
@@ -114,11 +130,16 @@ def _tile_keys(query_a, query_a_residue, query_b, query_bias, mk_ptr, ms_ptr, va
                  mask=(offs_c[:, None] < Ck) & n_in[None, :], other=0.0).to(tl.float32)
     square = mk * mk
     sim = tl.dot(query_a, mk.to(DOT_DTYPE), input_precision=PRECISION)
-    sim = tl.dot(query_b, square.to(DOT_DTYPE), sim, input_precision=PRECISION)
     if RESIDUES:
         sim = tl.dot(query_a_residue, mk.to(DOT_DTYPE), sim, input_precision=PRECISION)
-        sim = tl.dot(query_b, (square - square.to(DOT_DTYPE).to(tl.float32)).to(DOT_DTYPE), sim,
-                     input_precision=PRECISION)
+        down, up = _square_scales(square)
+        square = square * down[None, :]
+        square_dot = tl.dot(query_b, square.to(DOT_DTYPE), input_precision=PRECISION)
+        square_dot = tl.dot(query_b, (square - square.to(DOT_DTYPE).to(tl.float32)).to(DOT_DTYPE), square_dot,
+                            input_precision=PRECISION)
+        sim += square_dot * up[None, :]
+    else:
+        sim = tl.dot(query_b, square.to(DOT_DTYPE), sim, input_precision=PRECISION)
     ms = tl.load(ms_ptr + offs_n * stride_msn, mask=n_in, other=1.0).to(tl.float32)
     live = tl.load(valid_ptr + offs_n * stride_validn, mask=n_in, other=0) != 0
     score = (sim + query_bias[:, None]) * (ms * scale)[None, :]

@@ -167,6 +167,20 @@ def test_kernel_top_k_sets_agree_with_fp64_scores(dtype):
 
 
 @needs_kernel
+def test_fp16_kernel_squares_large_keys_in_fp32():
+    """fp16 memory keys of magnitude ~300 (``mk**2`` over fp16's 65504): the kernel keeps the top-k
+    of the exact scores and reads what the fp32 reference reads (the official code squares in fp32)."""
+    qk, qe, mk, ms, mv, valid = make_inputs(22, 1, 16, 16, 40, 4)
+    mk = 300 * mk
+    assert mk.abs().max() > 256
+    inputs = [t.to(DEVICE) for t in (qk.half(), qe.half(), mk.half(), ms.half(), mv.half(), valid)]
+    assert set_agreement(kernel_top_slots(inputs, 5, splits=2), reference_top_slots(inputs, 5)) == 1.0
+    kernel = kernels()
+    got = kernel.topk_readout_triton(*inputs, 5, config=kernel.TileConfig(**SMALL_CONFIG), splits=2)
+    torch.testing.assert_close(got, ro.topk_readout_reference(*inputs, 5), atol=6e-6, rtol=0)
+
+
+@needs_kernel
 def test_kernel_ties_go_to_the_lower_slot():
     qk, qe, mk, ms, mv, valid = (t.to(DEVICE) for t in make_inputs(6, 1, 16, 12, 40, 8))
     mk[:] = mk[:, :, :1]  # every slot has the same key and shrinkage: all scores are equal
