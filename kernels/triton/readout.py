@@ -47,7 +47,7 @@ import triton.language as tl
 
 from ..readout import KERNEL_MAX_TOP_K as MAX_TOP_K
 from . import select
-from .tuning import TileConfig, autotuned, check_dot_blocks, dot_types, max_registers
+from .tuning import TileConfig, autotuned, buffer_slots, check_dot_blocks, dot_types, max_registers
 
 MIN_K_PAD = 16
 MAX_SPLITS = 16
@@ -343,15 +343,17 @@ def topk_readout_triton(query_key: torch.Tensor, query_selection: torch.Tensor, 
     :mod:`vosrt.kernels.readout`; fp32 or fp16 inputs, any strides; values not slot-major are
     copied to slot-major first). ``with_usage``: also return the usage ``[B, N]`` fp32.
     ``config``: the split kernel's blocks; None autotunes over ``SPLIT_CONFIGS[dtype]`` on a GPU
-    (once per shape and dtype) and takes the first elsewhere. ``splits``: chunks of the memory
-    axis, None picks :func:`split_count` (about two programs per SM)."""
+    (once per query shape, memory capacity (:func:`.tuning.buffer_slots`, not the filled slots)
+    and dtypes) and takes the first elsewhere. ``splits``: chunks of the memory axis, None picks
+    :func:`split_count` (about two programs per SM)."""
     dot_types(query_key.dtype)  # raises for other dtypes
     inputs = (query_key, query_selection, memory_key, memory_shrinkage, _slot_major(memory_value), valid)
     batch, _, hw = query_key.shape
     out = torch.empty(batch, memory_value.shape[1], hw, device=query_key.device, dtype=torch.float32)
     usage = torch.empty(batch, valid.shape[1], device=query_key.device, dtype=torch.float32) if with_usage else None
     if config is None:
-        key = ("readout", top_k, *(tuple(t.shape) for t in inputs), query_key.dtype, memory_value.dtype)
+        key = ("readout", top_k, tuple(query_key.shape), tuple(memory_value.shape[:2]), buffer_slots(valid),
+               *(t.dtype for t in inputs))
         config = autotuned(key, SPLIT_CONFIGS[query_key.dtype],
                            lambda c: _run_split(inputs, top_k, c, splits, out, usage), query_key.device)
     _run_split(inputs, top_k, config, splits, out, usage)
