@@ -30,7 +30,7 @@ keys of its slots, ``K_PAD`` the top-K bucket (the next power of two >= top_k, a
   each program writes the best keys of its chunk to a workspace ``[B, splits, HW, K_PAD]`` int64.
 * :func:`_readout_merge_kernel` (grid: query blocks x batch): the best ``K_PAD`` of a query's
   ``splits`` lists, then :func:`_write_readout`: softmax of the first ``top_k`` in fp32, the
-  weighted sum of their value rows (slot-major values read as contiguous rows), and, when asked,
+  weighted sum of their value rows (read where they lie; contiguous rows when slot-major), and, when asked,
   the usage: each kept weight atomically added to ``usage[b, slot]``.
 * :func:`_readout_kernel` (grid: query blocks x batch): the two in one program over all N, with
   no workspace; the TensorRT plugin runs it (an ahead-of-time plugin launches one kernel and
@@ -47,7 +47,7 @@ import triton.language as tl
 
 from ..readout import KERNEL_MAX_TOP_K as MAX_TOP_K
 from . import select
-from .tuning import TileConfig, autotuned, buffer_slots, check_dot_blocks, dot_types, max_registers
+from .tuning import TileConfig, autotuned, buffer_slots, check_dot_blocks, dot_types, max_registers, operand_dtype
 
 MIN_K_PAD = 16
 MAX_SPLITS = 16
@@ -295,13 +295,6 @@ def kernel_constants(top_k: int, ck: int, dtype: torch.dtype, config: TileConfig
                 CK_BLOCK=max(16, 1 << (ck - 1).bit_length()), RESIDUES=dtype == torch.float16, **dot_types(dtype))
 
 
-def _slot_major(memory_value: torch.Tensor) -> torch.Tensor:
-    """``memory_value`` ``[B, V, N]`` as a view of a slot-major ``[B, N, V]`` tensor (copied when it is not)."""
-    if memory_value.stride(1) == 1:
-        return memory_value
-    return memory_value.transpose(1, 2).contiguous().transpose(1, 2)
-
-
 def top_keys(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,
              memory_shrinkage: torch.Tensor, valid: torch.Tensor, top_k: int, config: TileConfig,
              splits: int | None = None) -> torch.Tensor:
@@ -311,7 +304,7 @@ def top_keys(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key:
     n_slots = memory_key.shape[2]
     if splits is None:
         splits = split_count(batch, hw, n_slots, config.block_q, _programs_wanted(query_key.device))
-    constants = kernel_constants(top_k, ck, query_key.dtype, config)
+    constants = kernel_constants(top_k, ck, operand_dtype(query_key, query_selection, memory_key), config)
     keys = torch.empty(batch, splits, hw, constants["K_PAD"], device=query_key.device, dtype=torch.int64)
     _readout_split_kernel[(triton.cdiv(hw, config.block_q), splits, batch)](
         query_key, query_selection, memory_key, memory_shrinkage, valid, hw, n_slots, ck, splits,
@@ -340,21 +333,23 @@ def topk_readout_triton(query_key: torch.Tensor, query_selection: torch.Tensor, 
                         *, with_usage: bool = False, config: TileConfig | None = None,
                         splits: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Top-K readout ``[B, V, HW]`` fp32 by the split and merge kernels (shapes as in
-    :mod:`vosrt.kernels.readout`; fp32 or fp16 inputs, any strides; values not slot-major are
-    copied to slot-major first). ``with_usage``: also return the usage ``[B, N]`` fp32.
-    ``config``: the split kernel's blocks; None autotunes over ``SPLIT_CONFIGS[dtype]`` on a GPU
+    :mod:`vosrt.kernels.readout`; fp32 or fp16 inputs, mixed or not, any strides, each read where
+    it lies, never copied; the value rows gather fastest slot-major, the layout eager sessions
+    store). ``with_usage``: also return the usage ``[B, N]`` fp32. ``config``: the split kernel's
+    blocks; None autotunes over ``SPLIT_CONFIGS[dtype]`` (``dtype``: :func:`.tuning.operand_dtype`) on a GPU
     (once per query shape, memory capacity (:func:`.tuning.buffer_slots`, not the filled slots)
     and dtypes) and takes the first elsewhere. ``splits``: chunks of the memory axis, None picks
     :func:`split_count` (about two programs per SM)."""
-    dot_types(query_key.dtype)  # raises for other dtypes
-    inputs = (query_key, query_selection, memory_key, memory_shrinkage, _slot_major(memory_value), valid)
+    operand_dtype(memory_shrinkage, memory_value)  # raises for dtypes other than fp16 and fp32
+    dtype = operand_dtype(query_key, query_selection, memory_key)
+    inputs = (query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid)
     batch, _, hw = query_key.shape
     out = torch.empty(batch, memory_value.shape[1], hw, device=query_key.device, dtype=torch.float32)
     usage = torch.empty(batch, valid.shape[1], device=query_key.device, dtype=torch.float32) if with_usage else None
     if config is None:
         key = ("readout", top_k, tuple(query_key.shape), tuple(memory_value.shape[:2]), buffer_slots(valid),
                *(t.dtype for t in inputs))
-        config = autotuned(key, SPLIT_CONFIGS[query_key.dtype],
+        config = autotuned(key, SPLIT_CONFIGS[dtype],
                            lambda c: _run_split(inputs, top_k, c, splits, out, usage), query_key.device)
     _run_split(inputs, top_k, config, splits, out, usage)
     return (out, usage) if with_usage else out

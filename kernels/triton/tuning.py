@@ -43,6 +43,16 @@ def dot_types(dtype: torch.dtype) -> dict:
     raise ValueError(f"the Triton kernels take float32 or float16 inputs, got {dtype}")
 
 
+def operand_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype of a kernel's dot operands for its float inputs ``tensors`` (those entering the
+    dots): fp16 when all are fp16, else fp32. Each input is read in its own dtype and converted in
+    registers, so inputs of mixed dtypes are never copied. Raises ValueError for other dtypes."""
+    for tensor in tensors:
+        if tensor.dtype not in (torch.float16, torch.float32):
+            raise ValueError(f"the Triton kernels take float32 or float16 inputs, got {tensor.dtype}")
+    return torch.float16 if all(t.dtype == torch.float16 for t in tensors) else torch.float32
+
+
 def check_dot_blocks(**sizes: int) -> None:
     """Raise ValueError unless every block size is a power of two >= ``MIN_DOT_SIZE`` (each is an
     M, N or K dimension of a ``tl.dot``)."""

@@ -180,6 +180,41 @@ def test_fp16_kernel_squares_large_keys_in_fp32():
     torch.testing.assert_close(got, ro.topk_readout_reference(*inputs, 5), atol=6e-6, rtol=0)
 
 
+class LaunchRecorder:
+    """Stands in for a ``@triton.jit`` kernel: records the positional arguments of each launch, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **options):
+            self.launches.append(args)
+            return self.kernel[grid](*args, **options)
+
+        return launch
+
+
+@needs_kernel
+@pytest.mark.parametrize("value_layout", ["channel_major", "slot_major"])
+def test_kernels_read_the_memory_where_it_lies(monkeypatch, value_layout):
+    """The dispatcher hands the kernels the caller's memory tensors themselves (mixed dtypes: fp32
+    queries, fp16 memory; values of either layout): no cast or layout copy of the memory per readout."""
+    kernel = kernels()
+    split, merge = LaunchRecorder(kernel._readout_split_kernel), LaunchRecorder(kernel._readout_merge_kernel)
+    monkeypatch.setattr(kernel, "_readout_split_kernel", split)
+    monkeypatch.setattr(kernel, "_readout_merge_kernel", merge)
+    monkeypatch.setattr(ro, "_kernel_applies", lambda query_key, top_k: True)
+    qk, qe, mk, ms, mv, valid = (t.to(DEVICE) for t in make_inputs(23, 1, 16, 16, 40, 8))
+    mk, ms, mv = mk.half(), ms.half(), mv.half()
+    if value_layout == "slot_major":
+        mv = mv.transpose(1, 2).contiguous().transpose(1, 2)
+    got = ro.topk_readout(qk, qe, mk, ms, mv, valid, 5)
+    (split_args,), (merge_args,) = split.launches, merge.launches
+    assert [t.data_ptr() for t in split_args[:5]] == [t.data_ptr() for t in (qk, qe, mk, ms, valid)]
+    assert merge_args[1] is mv
+    torch.testing.assert_close(got, ro.topk_readout_reference(qk, qe, mk, ms, mv, valid, 5), atol=6e-6, rtol=0)
+
+
 @needs_kernel
 def test_kernel_ties_go_to_the_lower_slot():
     qk, qe, mk, ms, mv, valid = (t.to(DEVICE) for t in make_inputs(6, 1, 16, 12, 40, 8))
