@@ -55,14 +55,21 @@ MIN_SLOTS_PER_SPLIT = 512
 
 
 # The split kernel's autotuning space per input dtype; the first is the default where autotuning
-# is off. fp32 dots (tf32x3) hold three times the operand registers, hence narrower tiles. All
-# 4 warps: at 8 (128 registers for two blocks per SM), and with 32-query blocks, ptxas spilled.
+# is off. fp32 dots (tf32x3) hold three times the operand registers, hence narrower tiles: compiled
+# as launched, 64-slot fp32 tiles spilled (52/48 B on sm_90, up to 24 B on sm_87), so fp32 has the
+# 32-slot tile only. All 4 warps: at 8 (128 registers for two blocks per SM), and with 32-query
+# blocks, ptxas spilled.
 SPLIT_CONFIGS = {
     torch.float16: (TileConfig(block_q=16, block_n=64, segments=8, num_warps=4),
                     TileConfig(block_q=16, block_n=32, segments=8, num_warps=4)),
-    torch.float32: (TileConfig(block_q=16, block_n=32, segments=8, num_warps=4),
-                    TileConfig(block_q=16, block_n=64, segments=8, num_warps=4)),
+    torch.float32: (TileConfig(block_q=16, block_n=32, segments=8, num_warps=4),),
 }
+def split_configs(dtype: torch.dtype, kept: int) -> tuple[TileConfig, ...]:
+    """The split kernel's autotuning space for inputs of ``dtype`` and top-K bucket ``kept``: past
+    32 kept keys the 64-slot fp16 tile spilled on sm_90 (24/20 B, compiled as launched), so it is dropped."""
+    return tuple(c for c in SPLIT_CONFIGS[dtype] if kept <= 32 or c.block_n <= 32)
+
+
 # The merge kernel's one configuration, and the single kernel's (the TensorRT plugin's: fp32
 # inputs, and it cannot autotune).
 MERGE_BLOCK_Q = 16
@@ -349,7 +356,7 @@ def topk_readout_triton(query_key: torch.Tensor, query_selection: torch.Tensor, 
     if config is None:
         key = ("readout", top_k, tuple(query_key.shape), tuple(memory_value.shape[:2]), buffer_slots(valid),
                *(t.dtype for t in inputs))
-        config = autotuned(key, SPLIT_CONFIGS[dtype],
+        config = autotuned(key, split_configs(dtype, k_pad(top_k)),
                            lambda c: _run_split(inputs, top_k, c, splits, out, usage), query_key.device)
     _run_split(inputs, top_k, config, splits, out, usage)
     return (out, usage) if with_usage else out

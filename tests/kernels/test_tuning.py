@@ -45,13 +45,13 @@ def test_readout_tunes_once_while_the_memory_fills(timed_configs):
     from vosrt.kernels.triton import readout
 
     hw, capacity = 16, 64
-    key, shrinkage, value, valid = memory_buffers(capacity, 16, 4)
-    query_key, query_selection = (torch.rand(1, 16, hw).to(DEVICE) for _ in range(2))
+    key, shrinkage, value, valid = memory_buffers(capacity, 16, 4, torch.float16)  # fp16: two configs to time
+    query_key, query_selection = (torch.rand(1, 16, hw).half().to(DEVICE) for _ in range(2))
     for filled in (16, 32, 48, 64):  # one more memory frame of 16 tokens each readout
         valid[:, :filled] = True
         readout.topk_readout_triton(query_key, query_selection, key[:, :, :filled], shrinkage[:, :, :filled],
                                     value[:, :, :filled], valid[:, :filled], 5)
-    assert len(timed_configs) == len(readout.SPLIT_CONFIGS[torch.float32])
+    assert len(timed_configs) == len(readout.SPLIT_CONFIGS[torch.float16]) == 2
 
 
 @needs_kernel
@@ -74,10 +74,10 @@ def test_joint_attention_tunes_once_while_the_references_fill(timed_configs):
 def test_a_larger_capacity_is_tuned_again(timed_configs):
     from vosrt.kernels.triton import readout
 
-    query_key, query_selection = (torch.rand(1, 16, 16).to(DEVICE) for _ in range(2))
+    query_key, query_selection = (torch.rand(1, 16, 16).half().to(DEVICE) for _ in range(2))
     for capacity in (32, 64):
-        key, shrinkage, value, valid = memory_buffers(capacity, 16, 4)
+        key, shrinkage, value, valid = memory_buffers(capacity, 16, 4, torch.float16)
         valid[:, :32] = True
         readout.topk_readout_triton(query_key, query_selection, key[:, :, :32], shrinkage[:, :, :32],
                                     value[:, :, :32], valid[:, :32], 5)
-    assert len(timed_configs) == 2 * len(readout.SPLIT_CONFIGS[torch.float32])
+    assert len(timed_configs) == 2 * len(readout.SPLIT_CONFIGS[torch.float16])
