@@ -33,10 +33,11 @@ when it has none its readout is zero.
 * :func:`topk_readout`, :func:`topk_readout_with_usage`, :func:`topk_usage`: dispatchers, the
   Triton kernels of :mod:`vosrt.kernels.triton.readout` for CUDA tensors (triton installed,
   ``top_k <= KERNEL_MAX_TOP_K``, not while exporting to ONNX), the references otherwise. The
-  kernels take fp16 inputs as fp16 and anything else as fp32 (inputs of mixed dtypes are cast
-  up to fp32, exactly); they read the values slot-major and copy ``memory_value`` once per call
-  when its slot stride is not 1 (a runtime that stores ``[B, N, V]`` and passes the transposed
-  view skips the copy).
+  kernels read every input where it lies, in its own dtype (fp16 or fp32, mixed or not: fp16
+  dots when the query and memory keys are all fp16, else fp32), and copy none of them; the value
+  rows gather fastest slot-major (``memory_value`` a ``[B, V, N]`` view of a ``[B, N, V]``
+  buffer: what eager sessions store, :class:`vosrt.runtime.cutie.memory.MemoryBucket`), as does
+  the CPU path's ``embedding_bag``.
 
 This module never imports triton; the dispatchers import the kernels when they first run
 (to run them in Triton's interpreter on CPU tensors, call the kernel modules directly with
@@ -311,13 +312,6 @@ def _kernel_applies(query_key: torch.Tensor, top_k: int) -> bool:
             and not torch.onnx.is_in_onnx_export())
 
 
-def _kernel_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """The float tensors in the kernels' dtype: fp16 when all are fp16, else fp32 (bools unchanged)."""
-    floats = [t for t in tensors if t.is_floating_point()]
-    dtype = torch.float16 if all(t.dtype == torch.float16 for t in floats) else torch.float32
-    return [t.to(dtype) if t.is_floating_point() else t for t in tensors]
-
-
 def topk_readout(
     query_key: torch.Tensor,
     query_selection: torch.Tensor,
@@ -358,7 +352,7 @@ def _dispatch(inputs: tuple[torch.Tensor, ...], top_k: int, with_usage: bool):
         from .triton.readout import topk_readout_triton
 
         _check_inputs(*inputs, top_k)
-        return topk_readout_triton(*_kernel_inputs(*inputs), top_k, with_usage=with_usage)
+        return topk_readout_triton(*inputs, top_k, with_usage=with_usage)
     _check_inputs(*inputs, top_k)
     with torch.autocast(inputs[0].device.type, enabled=False):
         weights, index = (t.transpose(1, 2) for t in _official_selection(*inputs[:4], inputs[5], top_k))

@@ -1,17 +1,20 @@
 """Offline GPU compile check of every Triton kernel configuration vosrt can launch.
 
-Compiles each :class:`vosrt.kernels.triton.variants.Variant` for sm_90 (H100/H200) and sm_87
-(Jetson AGX Orin) without a GPU, with the Triton of the environment it runs in (CI pins the
-Triton NVIDIA GPU images ship, 3.6, in a venv of its own: ``tools/compile_kernels.sh``), runs
-that Triton's ptxas with ``-v`` on the PTX for registers and spills, and writes a table.
+Compiles each variant of :func:`vosrt.kernels.triton.variants.all_variants` for sm_90
+(H100/H200) and sm_87 (Jetson AGX Orin) without a GPU, with the Triton of the environment it
+runs in (CI pins the Triton NVIDIA GPU images ship, 3.6, in a venv of its own:
+``tools/compile_kernels.sh``), runs that Triton's ptxas with ``-v`` on the PTX for registers
+and spills, and writes a table. Python launches are compiled with the specialisation Triton's
+launcher gives their arguments at Cutie's and JointFormer's shapes (480p and 1080p), so the
+registers are those of the code that runs.
 
-It fails (exit status 1) when a variant does not compile, or a default variant (the config
-launched without autotuning, and every plugin variant) spills registers or fits fewer than 2
-blocks per SM, or a variant needs more shared memory than its launch gets: 48 KiB for a
-TensorRT plugin (no opt-in), the opt-in limit for a Python launch (227 KiB on sm_90, 163 KiB on
-sm_87; Triton's launcher opts in). Plugin variants are compiled the way the plugin compiles
-them (:func:`vosrt.kernels.trt_plugin.compile_variant`: PTX ISA pinned, hidden scratch
-parameters removed), so ptxas also checks that PTX.
+It fails (exit status 1) when a variant does not compile, or any variant (each is a config the
+autotuner may pick, or a plugin's) spills registers or fits fewer than 2 blocks per SM, or a
+variant needs more shared memory than its launch gets: 48 KiB for a TensorRT plugin (no
+opt-in), the opt-in limit for a Python launch (227 KiB on sm_90, 163 KiB on sm_87; Triton's
+launcher opts in). Plugin variants are compiled the way the plugin compiles them
+(:func:`vosrt.kernels.trt_plugin.compile_variant`: PTX ISA pinned, hidden scratch parameters
+removed, integer arguments unspecialised as TensorRT passes them), so ptxas also checks that PTX.
 
     python tools/compile_kernels.py --output benchmarks/results/kernel-compile-sm90-sm87.md
 """
@@ -119,7 +122,7 @@ def compile_with_log(variant, target):
 
     knobs.nvidia.dump_ptxas_log = True
     with contextlib.redirect_stdout(io.StringIO()) as log:
-        compiled = triton.compile(variant.source(), target=target, options=variant.options())
+        compiled = triton.compile(variant.source(target), target=target, options=variant.options())
     return compiled, compiled.asm["ptx"], log.getvalue()
 
 
@@ -131,7 +134,9 @@ def check(job: tuple[int, int]) -> dict:
     variant = list(variants.all_variants())[job[0]]
     arch = ARCHS[job[1]]
     row = dict(name=variant.name, arch=arch.name, warps=variant.num_warps, stages=variant.num_stages,
-               maxnreg=variant.maxnreg, plugin=variant.plugin, default=variant.default, failures=[])
+               maxnreg=variant.maxnreg, plugin=variant.plugin, default=variant.default, failures=[],
+               launch=f"{variant.describe()}; {len(variant.shapes)} launch shapes" if not variant.plugin
+               else "TensorRT: integers unspecialised")
     started = time.perf_counter()
     try:
         target = GPUTarget("cuda", arch.capability, 32)
@@ -153,11 +158,10 @@ def check(job: tuple[int, int]) -> dict:
     limit = PLUGIN_SHARED if variant.plugin else arch.shared_opt_in
     if shared > limit:
         row["failures"].append(f"needs {shared} B shared memory, over the {limit} B its launch gets")
-    if variant.default or variant.plugin:
-        if row["spill_stores"] or row["spill_loads"]:
-            row["failures"].append(f"spills {row['spill_stores']} B stores / {row['spill_loads']} B loads")
-        if row["blocks"] < MIN_BLOCKS:
-            row["failures"].append(f"fits {row['blocks']} block(s) per SM, under {MIN_BLOCKS}")
+    if row["spill_stores"] or row["spill_loads"]:
+        row["failures"].append(f"spills {row['spill_stores']} B stores / {row['spill_loads']} B loads")
+    if row["blocks"] < MIN_BLOCKS:
+        row["failures"].append(f"fits {row['blocks']} block(s) per SM, under {MIN_BLOCKS}")
     return row
 
 
@@ -169,31 +173,35 @@ def table(rows: list[dict], triton_version: str, seconds: float) -> str:
         f"Written by `tools/compile_kernels.py` with Triton {triton_version} (its ptxas, `-v`), no GPU, "
         f"{len(rows)} compiles in {seconds:.0f} s. Every kernel configuration the code can launch: each "
         "autotuning config, each top-K bucket, fp32 and fp16 inputs, and the TensorRT plugins' configs "
-        "(plugin: compiled as the plugin compiles, PTX ISA pinned, scratch parameters removed). "
-        "`default`: launched without autotuning. Integer arguments unspecialised, as TensorRT passes them. "
+        "(plugin: compiled as the plugin compiles, PTX ISA pinned, scratch parameters removed, integer "
+        "arguments unspecialised as TensorRT passes them). Python launches are specialised as Triton's "
+        "launcher specialises them (`launch`: arguments that became constants, integers divisible by 16, "
+        "pointers not 16-byte aligned; recorded from the launchers at Cutie's and JointFormer's shapes at "
+        "480p and 1080p, every memory fill from one frame to the capacity: `vosrt.kernels.triton.variants`). "
+        "`default`: launched without autotuning. "
         "Register cap: the `.maxnreg` every launch passes, two blocks per SM (255 at 4 warps). "
         "Shared memory: Triton's dynamic shared memory plus ptxas' static. Blocks/SM: by registers "
         "(allocated per warp in units of 256), warps, blocks and shared memory (1 KiB reserved per block).",
         "",
-        "Fails on: a config that does not compile; spills or fewer than 2 blocks/SM at a default or plugin "
-        "config; shared memory over what the launch gets (48 KiB for a plugin; Python launches opt in "
-        "up to 227 KiB on sm_90, 163 KiB on sm_87).",
+        "Fails on: a config that does not compile; spills or fewer than 2 blocks/SM at any config (the "
+        "autotuner may pick each); shared memory over what the launch gets (48 KiB for a plugin; Python "
+        "launches opt in up to 227 KiB on sm_90, 163 KiB on sm_87).",
         "",
         "| kernel | arch | warps | stages | default | plugin | PTX | registers (cap) | spill st/ld (B) | shared (B) "
-        "| blocks/SM | result |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| blocks/SM | result | launch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "registers" not in row:
             lines.append(f"| {row['name']} | {row['arch']} | {row['warps']} | {row['stages']} | "
                          f"{'yes' if row['default'] else ''} | {'yes' if row['plugin'] else ''} | | | | | | "
-                         f"FAIL: {'; '.join(row['failures'])} |")
+                         f"FAIL: {'; '.join(row['failures'])} | {row['launch']} |")
             continue
         result = "FAIL: " + "; ".join(row["failures"]) if row["failures"] else "ok"
         lines.append(f"| {row['name']} | {row['arch']} | {row['warps']} | {row['stages']} | "
                      f"{'yes' if row['default'] else ''} | {'yes' if row['plugin'] else ''} | {row['ptx_version']} | "
                      f"{row['registers']} ({row['maxnreg']}) | {row['spill_stores']}/{row['spill_loads']} | "
-                     f"{row['shared'] + row['static_shared']} | {row['blocks']} | {result} |")
+                     f"{row['shared'] + row['static_shared']} | {row['blocks']} | {result} | {row['launch']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from ..joint_attention import KERNEL_MAX_TOP_K as MAX_TOP_K
 from . import select
-from .tuning import TileConfig, autotuned, check_dot_blocks, dot_types
+from .tuning import TileConfig, autotuned, buffer_slots, check_dot_blocks, dot_types
 
 MIN_K_PAD = 32
 
@@ -161,14 +161,15 @@ def topk_joint_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     """Top-K joint attention ``[B, Hd, N, D]`` in ``q``'s dtype (``topk_range='all_frames'``;
     arguments as :func:`vosrt.kernels.joint_attention.topk_joint_attention_reference`, fp32 or
     fp16, any strides). ``config``: None autotunes over :func:`bucket_config` on a GPU (once per
-    shape and dtype) and takes the first elsewhere. Ties among bit-identical reference scores keep
+    shape, reference capacity (:func:`.tuning.buffer_slots`) and dtype) and takes the first elsewhere. Ties among bit-identical reference scores keep
     the lower index."""
     batch, heads, n, d = q.shape
     if ref_valid is None:
         ref_valid = torch.ones(batch, ref_k.shape[2], dtype=torch.bool, device=q.device)
     tensors = dict(q=q, k=k, v=v, ref_k=ref_k, ref_v=ref_v, ref_valid=ref_valid, out=torch.empty_like(q))
     if config is None:
-        key = ("joint_attention", top_k, *(tuple(t.shape) for t in tensors.values()), q.dtype)
+        key = ("joint_attention", top_k, tuple(q.shape), tuple(k.shape), buffer_slots(ref_valid), q.dtype,
+               ref_k.dtype)
         config = autotuned(key, bucket_config(k_pad(top_k)), lambda c: _run(tensors, top_k, c), q.device)
     _run(tensors, top_k, config)
     return tensors["out"]

@@ -14,7 +14,9 @@ brings the score to about fp32 accuracy (an emulation at N = 8100, Ck = 64, scor
 ~24: max score error 8e-3 and 99.99% of the top-30 slots equal to the exact ones with the
 products rounded once, 2e-5 and 100% with the residues; a 1080p slice in the interpreter kept
 99.9% of the slots without the residues). The tensor-core work doubles, next to the selection
-that dominates. With fp32 inputs the operands stay fp32 and the dots run ``tf32x3`` (three tf32
+that dominates. ``mk^2`` overflows fp16 once ``|mk| > 256``: its operand is scaled per slot by a power of
+two into range and the dot's column scaled back in fp32 (:func:`_square_scales`; the official code
+squares in fp32). With fp32 inputs the operands stay fp32 and the dots run ``tf32x3`` (three tf32
 tensor-core products, about fp32 accuracy); Triton's interpreter computes every dot exactly in
 fp32, so tf32x3's accuracy has not been measured.
 
@@ -28,7 +30,7 @@ keys of its slots, ``K_PAD`` the top-K bucket (the next power of two >= top_k, a
   each program writes the best keys of its chunk to a workspace ``[B, splits, HW, K_PAD]`` int64.
 * :func:`_readout_merge_kernel` (grid: query blocks x batch): the best ``K_PAD`` of a query's
   ``splits`` lists, then :func:`_write_readout`: softmax of the first ``top_k`` in fp32, the
-  weighted sum of their value rows (slot-major values read as contiguous rows), and, when asked,
+  weighted sum of their value rows (read where they lie; contiguous rows when slot-major), and, when asked,
   the usage: each kept weight atomically added to ``usage[b, slot]``.
 * :func:`_readout_kernel` (grid: query blocks x batch): the two in one program over all N, with
   no workspace; the TensorRT plugin runs it (an ahead-of-time plugin launches one kernel and
@@ -45,7 +47,7 @@ import triton.language as tl
 
 from ..readout import KERNEL_MAX_TOP_K as MAX_TOP_K
 from . import select
-from .tuning import TileConfig, autotuned, check_dot_blocks, dot_types, max_registers
+from .tuning import TileConfig, autotuned, buffer_slots, check_dot_blocks, dot_types, max_registers, operand_dtype
 
 MIN_K_PAD = 16
 MAX_SPLITS = 16
@@ -53,14 +55,21 @@ MIN_SLOTS_PER_SPLIT = 512
 
 
 # The split kernel's autotuning space per input dtype; the first is the default where autotuning
-# is off. fp32 dots (tf32x3) hold three times the operand registers, hence narrower tiles. All
-# 4 warps: at 8 (128 registers for two blocks per SM), and with 32-query blocks, ptxas spilled.
+# is off. fp32 dots (tf32x3) hold three times the operand registers, hence narrower tiles: compiled
+# as launched, 64-slot fp32 tiles spilled (52/48 B on sm_90, up to 24 B on sm_87), so fp32 has the
+# 32-slot tile only. All 4 warps: at 8 (128 registers for two blocks per SM), and with 32-query
+# blocks, ptxas spilled.
 SPLIT_CONFIGS = {
     torch.float16: (TileConfig(block_q=16, block_n=64, segments=8, num_warps=4),
                     TileConfig(block_q=16, block_n=32, segments=8, num_warps=4)),
-    torch.float32: (TileConfig(block_q=16, block_n=32, segments=8, num_warps=4),
-                    TileConfig(block_q=16, block_n=64, segments=8, num_warps=4)),
+    torch.float32: (TileConfig(block_q=16, block_n=32, segments=8, num_warps=4),),
 }
+def split_configs(dtype: torch.dtype, kept: int) -> tuple[TileConfig, ...]:
+    """The split kernel's autotuning space for inputs of ``dtype`` and top-K bucket ``kept``: past
+    32 kept keys the 64-slot fp16 tile spilled on sm_90 (24/20 B, compiled as launched), so it is dropped."""
+    return tuple(c for c in SPLIT_CONFIGS[dtype] if kept <= 32 or c.block_n <= 32)
+
+
 # The merge kernel's one configuration, and the single kernel's (the TensorRT plugin's: fp32
 # inputs, and it cannot autotune).
 MERGE_BLOCK_Q = 16
@@ -101,6 +110,20 @@ def _query_operands(qk_ptr, qe_ptr, offs_q, q_in, Ck, stride_qkc, stride_qkq, st
 
 
 @triton.jit
+def _square_scales(square):
+    """Per slot (column of ``square`` ``[CK_BLOCK, BLOCK_N]`` fp32), powers of two ``(down, up)``,
+    ``down * up == 1``, with ``square * down`` under 2**15 (within fp16's range) where the slot's
+    largest squared key channel is not: fp16 operands cannot hold ``mk**2`` once ``|mk| > 256``.
+    Slots within range get 1 (their dot unchanged); the scaling is exact, and undone in fp32 on
+    the dot's column after the accumulation."""
+    exponent = (tl.max(square, axis=0).to(tl.int32, bitcast=True) >> 23) - 127  # floor(log2), >= -127
+    shift = tl.maximum(exponent - 14, 0)
+    down = ((127 - shift) << 23).to(tl.float32, bitcast=True)
+    up = ((127 + shift) << 23).to(tl.float32, bitcast=True)
+    return down, up
+
+
+@triton.jit
 def _tile_keys(query_a, query_a_residue, query_b, query_bias, mk_ptr, ms_ptr, valid_ptr, n0, n_end, Ck, scale,
                stride_mkc, stride_mkn, stride_msn, stride_validn, BLOCK_N: tl.constexpr, CK_BLOCK: tl.constexpr,
                DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, RESIDUES: tl.constexpr):
@@ -114,11 +137,16 @@ def _tile_keys(query_a, query_a_residue, query_b, query_bias, mk_ptr, ms_ptr, va
                  mask=(offs_c[:, None] < Ck) & n_in[None, :], other=0.0).to(tl.float32)
     square = mk * mk
     sim = tl.dot(query_a, mk.to(DOT_DTYPE), input_precision=PRECISION)
-    sim = tl.dot(query_b, square.to(DOT_DTYPE), sim, input_precision=PRECISION)
     if RESIDUES:
         sim = tl.dot(query_a_residue, mk.to(DOT_DTYPE), sim, input_precision=PRECISION)
-        sim = tl.dot(query_b, (square - square.to(DOT_DTYPE).to(tl.float32)).to(DOT_DTYPE), sim,
-                     input_precision=PRECISION)
+        down, up = _square_scales(square)
+        square = square * down[None, :]
+        square_dot = tl.dot(query_b, square.to(DOT_DTYPE), input_precision=PRECISION)
+        square_dot = tl.dot(query_b, (square - square.to(DOT_DTYPE).to(tl.float32)).to(DOT_DTYPE), square_dot,
+                            input_precision=PRECISION)
+        sim += square_dot * up[None, :]
+    else:
+        sim = tl.dot(query_b, square.to(DOT_DTYPE), sim, input_precision=PRECISION)
     ms = tl.load(ms_ptr + offs_n * stride_msn, mask=n_in, other=1.0).to(tl.float32)
     live = tl.load(valid_ptr + offs_n * stride_validn, mask=n_in, other=0) != 0
     score = (sim + query_bias[:, None]) * (ms * scale)[None, :]
@@ -274,13 +302,6 @@ def kernel_constants(top_k: int, ck: int, dtype: torch.dtype, config: TileConfig
                 CK_BLOCK=max(16, 1 << (ck - 1).bit_length()), RESIDUES=dtype == torch.float16, **dot_types(dtype))
 
 
-def _slot_major(memory_value: torch.Tensor) -> torch.Tensor:
-    """``memory_value`` ``[B, V, N]`` as a view of a slot-major ``[B, N, V]`` tensor (copied when it is not)."""
-    if memory_value.stride(1) == 1:
-        return memory_value
-    return memory_value.transpose(1, 2).contiguous().transpose(1, 2)
-
-
 def top_keys(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,
              memory_shrinkage: torch.Tensor, valid: torch.Tensor, top_k: int, config: TileConfig,
              splits: int | None = None) -> torch.Tensor:
@@ -290,7 +311,7 @@ def top_keys(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key:
     n_slots = memory_key.shape[2]
     if splits is None:
         splits = split_count(batch, hw, n_slots, config.block_q, _programs_wanted(query_key.device))
-    constants = kernel_constants(top_k, ck, query_key.dtype, config)
+    constants = kernel_constants(top_k, ck, operand_dtype(query_key, query_selection, memory_key), config)
     keys = torch.empty(batch, splits, hw, constants["K_PAD"], device=query_key.device, dtype=torch.int64)
     _readout_split_kernel[(triton.cdiv(hw, config.block_q), splits, batch)](
         query_key, query_selection, memory_key, memory_shrinkage, valid, hw, n_slots, ck, splits,
@@ -319,19 +340,23 @@ def topk_readout_triton(query_key: torch.Tensor, query_selection: torch.Tensor, 
                         *, with_usage: bool = False, config: TileConfig | None = None,
                         splits: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Top-K readout ``[B, V, HW]`` fp32 by the split and merge kernels (shapes as in
-    :mod:`vosrt.kernels.readout`; fp32 or fp16 inputs, any strides; values not slot-major are
-    copied to slot-major first). ``with_usage``: also return the usage ``[B, N]`` fp32.
-    ``config``: the split kernel's blocks; None autotunes over ``SPLIT_CONFIGS[dtype]`` on a GPU
-    (once per shape and dtype) and takes the first elsewhere. ``splits``: chunks of the memory
-    axis, None picks :func:`split_count` (about two programs per SM)."""
-    dot_types(query_key.dtype)  # raises for other dtypes
-    inputs = (query_key, query_selection, memory_key, memory_shrinkage, _slot_major(memory_value), valid)
+    :mod:`vosrt.kernels.readout`; fp32 or fp16 inputs, mixed or not, any strides, each read where
+    it lies, never copied; the value rows gather fastest slot-major, the layout eager sessions
+    store). ``with_usage``: also return the usage ``[B, N]`` fp32. ``config``: the split kernel's
+    blocks; None autotunes over ``SPLIT_CONFIGS[dtype]`` (``dtype``: :func:`.tuning.operand_dtype`) on a GPU
+    (once per query shape, memory capacity (:func:`.tuning.buffer_slots`, not the filled slots)
+    and dtypes) and takes the first elsewhere. ``splits``: chunks of the memory axis, None picks
+    :func:`split_count` (about two programs per SM)."""
+    operand_dtype(memory_shrinkage, memory_value)  # raises for dtypes other than fp16 and fp32
+    dtype = operand_dtype(query_key, query_selection, memory_key)
+    inputs = (query_key, query_selection, memory_key, memory_shrinkage, memory_value, valid)
     batch, _, hw = query_key.shape
     out = torch.empty(batch, memory_value.shape[1], hw, device=query_key.device, dtype=torch.float32)
     usage = torch.empty(batch, valid.shape[1], device=query_key.device, dtype=torch.float32) if with_usage else None
     if config is None:
-        key = ("readout", top_k, *(tuple(t.shape) for t in inputs), query_key.dtype, memory_value.dtype)
-        config = autotuned(key, SPLIT_CONFIGS[query_key.dtype],
+        key = ("readout", top_k, tuple(query_key.shape), tuple(memory_value.shape[:2]), buffer_slots(valid),
+               *(t.dtype for t in inputs))
+        config = autotuned(key, split_configs(dtype, k_pad(top_k)),
                            lambda c: _run_split(inputs, top_k, c, splits, out, usage), query_key.device)
     _run_split(inputs, top_k, config, splits, out, usage)
     return (out, usage) if with_usage else out

@@ -43,6 +43,16 @@ def dot_types(dtype: torch.dtype) -> dict:
     raise ValueError(f"the Triton kernels take float32 or float16 inputs, got {dtype}")
 
 
+def operand_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype of a kernel's dot operands for its float inputs ``tensors`` (those entering the
+    dots): fp16 when all are fp16, else fp32. Each input is read in its own dtype and converted in
+    registers, so inputs of mixed dtypes are never copied. Raises ValueError for other dtypes."""
+    for tensor in tensors:
+        if tensor.dtype not in (torch.float16, torch.float32):
+            raise ValueError(f"the Triton kernels take float32 or float16 inputs, got {tensor.dtype}")
+    return torch.float16 if all(t.dtype == torch.float16 for t in tensors) else torch.float32
+
+
 def check_dot_blocks(**sizes: int) -> None:
     """Raise ValueError unless every block size is a power of two >= ``MIN_DOT_SIZE`` (each is an
     M, N or K dimension of a ``tl.dot``)."""
@@ -61,12 +71,29 @@ def max_registers(num_warps: int) -> int:
     return min(255, REGISTERS_PER_SM // (2 * 32 * num_warps))
 
 
+def buffer_slots(valid: torch.Tensor) -> int:
+    """The memory capacity behind a ``valid`` mask ``[B, N]``: the slots of the buffer it is a view
+    of (a session passes the filled window ``valid[:, :n]`` of a preallocated ``[1, capacity]``
+    buffer), at least ``N``. The autotuning key uses it instead of ``N``, so that a memory filling
+    up frame after frame keeps its tuned config and never retunes mid-video."""
+    batch, slots = valid.shape
+    stored = (valid.untyped_storage().nbytes() // valid.element_size() - valid.storage_offset()) // max(batch, 1)
+    return max(slots, stored)
+
+
+def times_configs(device: torch.device) -> bool:
+    """Whether :func:`autotuned` times the configs on ``device`` (CUDA devices only)."""
+    return device.type == "cuda"
+
+
 def autotuned(key: Hashable, configs: Sequence[TileConfig], run: Callable[[TileConfig], None],
               device: torch.device) -> TileConfig:
     """The fastest of ``configs`` for ``key``, timing ``run(config)`` with ``triton.testing.do_bench``
     the first time a key is seen on a CUDA device (the result is cached per process); the first
-    config off a GPU. ``run`` may write the caller's outputs: the caller runs the chosen config after."""
-    if device.type != "cuda":
+    config off a GPU. ``run`` may write the caller's outputs: the caller runs the chosen config after.
+    A key holds shapes that are fixed for a whole video (memory capacity, not filled slots:
+    :func:`buffer_slots`), so tuning happens at a session's first readout of a bucket only."""
+    if not times_configs(device):
         return configs[0]
     if key not in _TUNED:
         import triton.testing

@@ -22,13 +22,16 @@ class Backend(ABC):
     description (what sessions read sizes from); ``constants``: tensors the session needs
     besides the stages (e.g. JointFormer's initial compressed-memory token). ``fixed_shapes``:
     every call of a stage should see the same memory shapes (CUDA-graph replay); other backends
-    are given only the memory in use."""
+    are given only the memory in use. ``slot_major_values``: the backend reads memory values
+    fastest one slot at a time, so sessions store them slot-major (eager torch); exported graphs
+    take them contiguous as their inputs are declared."""
 
     device: torch.device
     stages: Mapping[str, StageSpec]
     architecture: Mapping[str, Any]
     constants: Mapping[str, torch.Tensor]
     fixed_shapes: bool = False
+    slot_major_values: bool = False
 
     def run(self, stage: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run ``stage`` on its named inputs -> its named outputs."""
@@ -62,3 +65,4 @@ class BackendWrapper(Backend):
         self.architecture = inner.architecture
         self.constants = inner.constants
         self.fixed_shapes = inner.fixed_shapes
+        self.slot_major_values = inner.slot_major_values

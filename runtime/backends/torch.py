@@ -14,12 +14,15 @@ from .base import Backend
 
 class TorchBackend(Backend):
     """Runs ``family``'s stages on ``network`` (moved to ``device``) with the export ``settings``
-    and the eager top-K formulation (the Triton kernels on CUDA, the torch reference elsewhere).
+    and the eager top-K formulation (the Triton kernels on CUDA, the torch reference elsewhere),
+    which reads memory values slot-major (``slot_major_values``).
 
     ``fp16``: every stage runs under fp16 autocast; what the official code keeps out of autocast
     stays fp32 inside the network. Without it the stages enter no autocast region of their own,
     so a caller's autocast (the official AMP, which wraps the whole step) applies inside them.
     """
+
+    slot_major_values = True
 
     def __init__(self, family: ModelFamily, network: nn.Module, settings: Mapping[str, Any],
                  device: torch.device | str, fp16: bool = False):

@@ -30,16 +30,22 @@ class MemoryBucket(Bucket):
     """Memory of the objects ``object_ids``. Buffers: ``key`` ``[1, Ck, N]``, ``shrinkage``
     ``[1, 1, N]``, ``value`` ``[1, K_b, Cv, N]`` (objects in ``object_ids`` order), ``valid``
     ``[1, N]`` bool; with long-term memory also the working memory's ``selection``
-    ``[1, Ck, frames * hw]`` and the usage counts ``use_count``/``life_count`` ``[1, N]`` fp32."""
+    ``[1, Ck, frames * hw]`` and the usage counts ``use_count``/``life_count`` ``[1, N]`` fp32.
+
+    ``slot_major_values``: ``value`` is a view of a slot-major ``[1, N, K_b, Cv]`` buffer, the
+    layout the eager readout reads (one contiguous row of values per memory slot: the Triton
+    kernels gather rows, the CPU path bags them), so a readout copies none of it; otherwise the
+    buffer is ``[1, K_b, Cv, N]`` contiguous, the layout an exported graph takes."""
 
     per_object = {"value": 1}
 
     def __init__(self, object_ids: list[int], hw: int, frames: int, long_capacity: int, key_dim: int,
-                 value_dim: int, like: torch.Tensor, counts_usage: bool):
+                 value_dim: int, like: torch.Tensor, counts_usage: bool, slot_major_values: bool = False):
         super().__init__(object_ids)
         n = long_capacity + frames * hw
         alloc = dict(device=like.device, dtype=like.dtype)
         self.hw, self.frames, self.long_capacity = hw, frames, long_capacity
+        self.slot_major_values = slot_major_values
         self.key = torch.zeros(1, key_dim, n, **alloc)
         self.shrinkage = torch.ones(1, 1, n, **alloc)
         self.value = torch.zeros(1, len(object_ids), value_dim, n, **alloc)
@@ -50,6 +56,19 @@ class MemoryBucket(Bucket):
         self.has_permanent = False
         self.temporary: list[int] = []  # working slots of the non-permanent frames, oldest first
         self.long_size = 0
+
+    @property
+    def value(self) -> torch.Tensor:
+        """The values ``[1, K_b, Cv, N]`` (a view of the slot-major buffer with ``slot_major_values``)."""
+        return self._value
+
+    @value.setter
+    def value(self, value: torch.Tensor) -> None:
+        """Store ``value`` ``[1, K_b, Cv, N]`` in the bucket's layout (a copy unless it is already in it)."""
+        if self.slot_major_values:
+            self._value = value.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+        else:
+            self._value = value.contiguous()
 
     @property
     def long_start(self) -> int:
@@ -181,14 +200,16 @@ class MemoryBucket(Bucket):
 
 class MemoryStore(BucketStore[MemoryBucket]):
     """All buckets of one session: ``frames`` working-memory frames per bucket (the permanent
-    first frame included) and, with ``long_term``, a long-term memory of its ``max_tokens``."""
+    first frame included) and, with ``long_term``, a long-term memory of its ``max_tokens``;
+    values slot-major with ``slot_major_values`` (see :class:`MemoryBucket`)."""
 
-    def __init__(self, frames: int, long_term: LongTermPolicy | None = None):
+    def __init__(self, frames: int, long_term: LongTermPolicy | None = None, slot_major_values: bool = False):
         super().__init__()
         if frames < 1:
             raise ValueError(f"max_mem_frames must be >= 1, got {frames}")
         self.frames = frames
         self.long_term = long_term
+        self.slot_major_values = slot_major_values
 
     @property
     def counts_usage(self) -> bool:
@@ -219,4 +240,4 @@ class MemoryStore(BucketStore[MemoryBucket]):
         _, key_dim, h, w = key.shape
         long_capacity = self.long_term.max_tokens if self.long_term else 0
         return MemoryBucket(object_ids, h * w, self.frames, long_capacity, key_dim, value_dim, key,
-                      counts_usage=self.long_term is not None)
+                            counts_usage=self.long_term is not None, slot_major_values=self.slot_major_values)

@@ -27,7 +27,8 @@ class CutieSession(Session):
         super().__init__(backend, config, amp=amp)
 
     def _reset_memory(self) -> None:
-        self._memory = MemoryStore(self.config.memory_frames, self.config.long_term_policy())
+        self._memory = MemoryStore(self.config.memory_frames, self.config.long_term_policy(),
+                                   slot_major_values=self.backend.slot_major_values)
         self._sensory: torch.Tensor | None = None  # [1, K, C, h, w]
         self._readout: torch.Tensor | None = None  # [1, K, C, h, w], rewritten by every readout
         self._obj_memory: torch.Tensor | None = None  # [1, K, Q, C + 1]

@@ -168,6 +168,55 @@ def test_kernel_top_k_sets_agree_with_fp64_scores(dtype):
 
 
 @needs_kernel
+def test_fp16_kernel_squares_large_keys_in_fp32():
+    """fp16 memory keys of magnitude ~300 (``mk**2`` over fp16's 65504): the kernel keeps the top-k
+    of the exact scores and reads what the fp32 reference reads (the official code squares in fp32)."""
+    qk, qe, mk, ms, mv, valid = make_inputs(22, 1, 16, 16, 40, 4)
+    mk = 300 * mk
+    assert mk.abs().max() > 256
+    inputs = [t.to(DEVICE) for t in (qk.half(), qe.half(), mk.half(), ms.half(), mv.half(), valid)]
+    assert set_agreement(kernel_top_slots(inputs, 5, splits=2), reference_top_slots(inputs, 5)) == 1.0
+    kernel = kernels()
+    got = kernel.topk_readout_triton(*inputs, 5, config=kernel.TileConfig(**SMALL_CONFIG), splits=2)
+    torch.testing.assert_close(got, ro.topk_readout_reference(*inputs, 5), atol=6e-6, rtol=0)
+
+
+class LaunchRecorder:
+    """Stands in for a ``@triton.jit`` kernel: records the positional arguments of each launch, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **options):
+            self.launches.append(args)
+            return self.kernel[grid](*args, **options)
+
+        return launch
+
+
+@needs_kernel
+@pytest.mark.parametrize("value_layout", ["channel_major", "slot_major"])
+def test_kernels_read_the_memory_where_it_lies(monkeypatch, value_layout):
+    """The dispatcher hands the kernels the caller's memory tensors themselves (mixed dtypes: fp32
+    queries, fp16 memory; values of either layout): no cast or layout copy of the memory per readout."""
+    kernel = kernels()
+    split, merge = LaunchRecorder(kernel._readout_split_kernel), LaunchRecorder(kernel._readout_merge_kernel)
+    monkeypatch.setattr(kernel, "_readout_split_kernel", split)
+    monkeypatch.setattr(kernel, "_readout_merge_kernel", merge)
+    monkeypatch.setattr(ro, "_kernel_applies", lambda query_key, top_k: True)
+    qk, qe, mk, ms, mv, valid = (t.to(DEVICE) for t in make_inputs(23, 1, 16, 16, 40, 8))
+    mk, ms, mv = mk.half(), ms.half(), mv.half()
+    if value_layout == "slot_major":
+        mv = mv.transpose(1, 2).contiguous().transpose(1, 2)
+    got = ro.topk_readout(qk, qe, mk, ms, mv, valid, 5)
+    (split_args,), (merge_args,) = split.launches, merge.launches
+    assert [t.data_ptr() for t in split_args[:5]] == [t.data_ptr() for t in (qk, qe, mk, ms, valid)]
+    assert merge_args[1] is mv
+    torch.testing.assert_close(got, ro.topk_readout_reference(qk, qe, mk, ms, mv, valid, 5), atol=6e-6, rtol=0)
+
+
+@needs_kernel
 def test_kernel_ties_go_to_the_lower_slot():
     qk, qe, mk, ms, mv, valid = (t.to(DEVICE) for t in make_inputs(6, 1, 16, 12, 40, 8))
     mk[:] = mk[:, :, :1]  # every slot has the same key and shrinkage: all scores are equal

@@ -130,14 +130,15 @@ def _sorted_columns(key: torch.Tensor, *others: torch.Tensor) -> list[torch.Tens
     return [t[..., order] for t in (key, *others)]
 
 
+@pytest.mark.parametrize("slot_major_values", [False, True], ids=["values_channel_major", "values_slot_major"])
 @pytest.mark.parametrize("count_usage", [True, False])
-def test_store_follows_the_official_bookkeeping(count_usage):
+def test_store_follows_the_official_bookkeeping(count_usage, slot_major_values):
     """Consolidation every 3 temporary frames, eviction once the long-term memory reaches 7
     tokens: the working and long-term tokens, their usage and values match the official
     store after every frame (in any order: the buffers are slots, not a queue)."""
     policy = LongTermPolicy(keep_frames=1, num_prototypes=3, max_tokens=10, buffer_tokens=2, count_usage=count_usage)
     frames, top_k = 4, 30  # top_k above the token count: every token is used, so no usage ties
-    store, official = MemoryStore(frames, policy), _OfficialBucket(frames, policy)
+    store, official = MemoryStore(frames, policy, slot_major_values), _OfficialBucket(frames, policy)
     g = torch.Generator().manual_seed(2)
     evicted = False
     for step in range(40):

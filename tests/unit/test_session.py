@@ -171,6 +171,29 @@ def test_working_memory_masks_unwritten_slots_and_new_buckets():
     assert [b.object_ids for b in memory.buckets] == [[3]]
 
 
+def test_eager_readout_reads_the_stored_values_in_place(seeded_weights, monkeypatch):
+    """The torch backend's sessions store memory values slot-major, and each readout gets a view of
+    that buffer whose value rows are contiguous: the Triton kernels gather them in place and the
+    CPU path's embedding_bag table is the buffer itself (no copy of the memory per readout)."""
+    from vosrt.kernels import readout
+
+    session = vosrt.load("cutie-small", weights=seeded_weights("cutie-small"), mem_every=1, max_mem_frames=3)
+    read, tables = [], []
+    dispatch, kept_rows = readout._dispatch, readout._kept_slot_rows
+    monkeypatch.setattr(readout, "_dispatch", lambda inputs, *a, **k: read.append(inputs[4]) or dispatch(inputs, *a, **k))
+    monkeypatch.setattr(readout, "_kept_slot_rows",
+                        lambda index, values: tables.append(kept_rows(index, values)[0]) or kept_rows(index, values))
+    session.step(synthetic_frame(0), synthetic_mask(0), objects=[1, 2])
+    for i in range(1, 3):
+        session.step(synthetic_frame(i))
+    (bucket,) = session._memory.buckets
+    buffer = bucket.value.untyped_storage().data_ptr()
+    assert len(read) == 2 and len(tables) == 2
+    for values, table in zip(read, tables):
+        assert values.untyped_storage().data_ptr() == buffer and values.stride(1) == 1
+        assert table.untyped_storage().data_ptr() == buffer
+
+
 def test_fp16_stages_feed_the_fp32_session_state(seeded_weights):
     """The fp16 torch mode (autocast per stage; CUDA in vosrt.load, CPU autocast here) returns
     fp16 readouts that the session writes into its fp32 buffers."""
