@@ -14,7 +14,7 @@ from __future__ import annotations
 from importlib import metadata
 
 __version__ = metadata.version("vosrt")
-__all__ = ["load", "load_batch", "__version__"]
+__all__ = ["load", "load_batch", "register_model", "ModelSpec", "Checkpoint", "__version__"]
 
 
 def __getattr__(name: str):
@@ -22,4 +22,8 @@ def __getattr__(name: str):
         from vosrt import api
 
         return getattr(api, name)
+    if name in ("register_model", "ModelSpec", "Checkpoint"):
+        from vosrt.runtime import registry
+
+        return getattr(registry, name)
     raise AttributeError(f"module 'vosrt' has no attribute {name!r}")

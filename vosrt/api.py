@@ -183,4 +183,4 @@ def _tensorrt_backend(spec: ModelSpec, config: SessionConfig, device: torch.devi
     manifest = artifacts.read_manifest(engine_dir, artifacts.ENGINE_FORMAT, check_files=check_files)
     artifacts.check_fits(manifest, spec, config, fp16, export_dir)
     config.check_engine_memory(manifest["max_mem_frames"], export_dir, static=manifest["dla_core"] is not None)
-    return TensorRTBackend(engine_dir, device, check_files=check_files)
+    return TensorRTBackend(engine_dir, device, manifest=manifest)  # read and its files hashed once, above

@@ -16,6 +16,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,8 +29,20 @@ TORCH_CUDA = "install torch's CUDA build for this driver: https://pytorch.org/ge
 ORT_GPU = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.26'"
 TENSORRT_JETSON = "use JetPack's TensorRT (python3-libnvinfer): see docs/jetson.md"
 TENSORRT_RANGE = ((10, 3), (12, 0))  # what vosrt's engine code runs on; plugins need 10.9
-TENSORRT_PLUGINS = (10, 9)
-TRITON_MIN = (3, 3)
+
+
+def required_release(package: str) -> tuple[int, ...]:
+    """The lowest (major, minor) of ``package`` that vosrt's installed metadata asks for (a ``>=``
+    bound of its dependencies or extras, as pyproject.toml declares it); () without one."""
+    for requirement in importlib.metadata.requires("vosrt") or ():
+        match = re.match(rf"{re.escape(package)}\s*>=\s*(\d+)\.(\d+)", requirement)
+        if match:
+            return int(match[1]), int(match[2])
+    return ()
+
+
+TRITON_MIN = required_release("triton")
+_TRITON = ".".join(map(str, TRITON_MIN))
 # A kernel small enough to compile in a moment: Triton is asked to build it for this GPU.
 _PROBE_KERNEL = """import triton
 import triton.language as tl
@@ -251,7 +264,7 @@ def abilities(facts: Facts) -> list[tuple[str, bool, str]]:
         ("backend='torch' on CUDA: fp32, fp16, amp, cuda_graph", gpu, "an NVIDIA GPU and torch's CUDA build"),
         ("Triton top-K kernels on this GPU (eager torch on CUDA)",
          gpu and triton and str(facts.triton_compiles).startswith("yes") and facts.c_compiler is not None,
-         "a GPU, Triton >= 3.3 that compiles for it, and a C compiler"),
+         f"a GPU, Triton >= {_TRITON} that compiles for it, and a C compiler"),
         ("ONNX export (export-engine --format onnx)", _ok(facts.onnx) and ort, "the export extra"),
         ("backend='onnxruntime' on the CPU", ort, "onnxruntime >= 1.26"),
         ("backend='onnxruntime' on CUDA", ort and cuda_ep and gpu, "a GPU and onnxruntime-gpu >= 1.26"),
@@ -259,7 +272,7 @@ def abilities(facts: Facts) -> list[tuple[str, bool, str]]:
          "onnxruntime-extensions"),
         ("TensorRT engines: export-engine, backend='tensorrt'", trt and gpu, "a GPU and TensorRT 10.3-11.x"),
         ("TensorRT custom-op plugins (--custom-ops engines)",
-         trt and gpu and facts.tensorrt_plugins and triton, "TensorRT >= 10.9 and Triton >= 3.3"),
+         trt and gpu and facts.tensorrt_plugins and triton, f"TensorRT >= 10.9 and Triton >= {_TRITON}"),
         ("DLA (export-engine --dla-core)", bool(facts.dla_cores), "a Jetson with DLA cores (AGX Orin, Orin NX)"),
         ("vosrt verify", _ok(facts.polygraphy) and ort, "polygraphy and onnxruntime (the export extra)"),
     ]
@@ -273,7 +286,7 @@ def fixes(facts: Facts) -> list[tuple[str, str]]:
     if facts.triton is None:
         found.append(("Triton", "pip install 'vosrt[kernels]'"))
     elif _release(facts.triton) < TRITON_MIN:
-        found.append((f"Triton {facts.triton} (the plugins need >= 3.3)", "pip install -U 'triton>=3.3'"))
+        found.append((f"Triton {facts.triton} (vosrt needs >= {_TRITON})", f"pip install -U 'triton>={_TRITON}'"))
     if facts.triton and _gpu_ready(facts) and facts.c_compiler is None:
         found.append(("a C compiler (Triton builds its launcher)", "install gcc (e.g. apt-get install gcc)"))
     if facts.ort_both_builds:
