@@ -50,7 +50,7 @@ import math
 
 import torch
 
-KERNEL_MAX_TOP_K = 64  # the Triton kernels' largest top_k (top-K buckets 16, 32, 64)
+from .triton import READOUT_MAX_TOP_K as KERNEL_MAX_TOP_K  # the package imports no triton
 
 
 def triton_available() -> bool:
