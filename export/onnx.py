@@ -56,7 +56,7 @@ def export_onnx(network: nn.Module, model: str, output: str | Path, *, config: S
                 checkpoint: str | Path | None = None, fp16: bool = False, opset: int = DEFAULT_OPSET,
                 custom_ops: bool = False, progress: Callable[[str], None] = print) -> Path:
     """Export ``network`` (model ``model``) to the directory ``output`` (replaced if it is a vosrt
-    export: :func:`vosrt.runtime.artifacts.check_output`) with ONNX ``opset`` (:data:`.opset.OPSETS`).
+    export: :func:`vosrt.runtime.artifacts.check_export_destination`) with ONNX ``opset`` (:data:`.opset.OPSETS`).
     Returns its path.
 
     ``config``: the session settings the graphs are for (default: the model's official ones);

@@ -46,7 +46,7 @@ def read_windows(buckets: Sequence[Bucket], top_k: int, whole: bool) -> list[sli
     (CUDA graphs), else :meth:`Bucket.tokens_to_read` (the tokens in use, at least ``top_k``).
 
     Reads of several streams share a backend call only when they have the same length (the
-    :class:`~.batching.StageBatcher` groups members by shape): a read extended over empty tokens to
+    :class:`~.stage_batcher.StageBatcher` groups members by shape): a read extended over empty tokens to
     match a longer one would give the same values up to rounding only (a matrix product over more
     columns takes other kernels), and every stream of a batch gets its own session's bits."""
     return [slice(0, bucket.capacity) if whole else bucket.tokens_to_read(top_k) for bucket in buckets]

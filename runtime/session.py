@@ -5,8 +5,8 @@
 (every ``mem_every`` frames and every frame with a mask, never the last one), run the
 model's step, and return the probabilities at the frame's size with the objects in id order.
 The step itself (``_step_streams``) is the same for every model and runs several sessions on
-one backend at once (:mod:`.batch`), each stage once for all of them where their shapes allow
-(:class:`~.batching.StageBatcher`; a session of one video steps alone): encode each frame, predict
+one backend at once (:mod:`.streams`), each stage once for all of them where their shapes allow
+(:class:`~.stage_batcher.StageBatcher`; a session of one video steps alone): encode each frame, predict
 the frames that need it, merge the masks given, register new objects, memorise. A model's session
 supplies those hooks (``_encode``, ``_predict``, ``_register_objects``, ``_memorise``) and the
 memory it keeps.
@@ -30,7 +30,7 @@ import torch
 from vosrt.models.common import aggregate
 
 from .backends.base import Backend
-from .batching import StageBatcher
+from .stage_batcher import StageBatcher
 from .config import SessionConfig
 from .objects import ObjectManager
 from .geometry import STRIDE, FrameGeometry
@@ -117,7 +117,7 @@ class Session(ABC):
         With ``amp`` the whole step runs under fp16 autocast (the official AMP); the networks
         keep their official fp32 regions inside it.
         """
-        check_output(output)
+        check_output_format(output)
         frame = self._prepare(image, mask, objects, end)
         self._begin(frame)
         [prob] = step_sessions([(self, frame)], StageBatcher(self.backend))
@@ -290,7 +290,7 @@ class Session(ABC):
         return prob if output == "tensor" else prob.cpu().numpy()
 
 
-def check_output(output: str) -> None:
+def check_output_format(output: str) -> None:
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, got {output!r}")
 

@@ -17,7 +17,7 @@ from vosrt.runtime.registry import ModelSpec, model_spec
 from vosrt.runtime.session import Session
 
 if TYPE_CHECKING:
-    from vosrt.runtime.batch import BatchSession
+    from vosrt.runtime.streams import BatchSession
 
 
 def build_network(name: str, weights: str | Path | None = None) -> nn.Module:
@@ -68,11 +68,11 @@ def load(name: str, weights: str | Path | None = None, *, backend: str | None = 
 def load_batch(name: str, weights: str | Path | None = None, *, backend: str | None = None, device: str = "cpu",
                export_dir: str | Path | None = None, fp16: bool = False, amp: bool = False, cuda_graph: bool = False,
                check_files: bool = True, **options) -> BatchSession:
-    """Create a session for several videos at once (:class:`~vosrt.runtime.batch.BatchSession`):
+    """Create a session for several videos at once (:class:`~vosrt.runtime.streams.BatchSession`):
     ``batch.step({stream: frame})`` runs each stage once for all streams where their shapes allow.
     Arguments as in :func:`load`. TensorRT engines take at most the ``--max-streams`` of their
     profile in one call."""
-    from vosrt.runtime.batch import BatchSession
+    from vosrt.runtime.streams import BatchSession
 
     spec, config, runner = _backend(name, weights, backend, device, export_dir, fp16, amp, cuda_graph, check_files,
                                     options)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vosrt.runtime import outputs
-from vosrt.runtime.errors import VosrtWarning
+from vosrt.runtime import safe_write
+from vosrt.runtime.geometry import VosrtWarning
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -232,7 +232,7 @@ def _native_stderr_silenced() -> Iterator[None]:
 def overlay_video(path: str | Path, fps: float, size: tuple[int, int], palette: list[int] | None = None,
                   alpha: float = 0.5) -> Iterator["OverlayVideoWriter"]:
     """An :class:`OverlayVideoWriter` for ``path`` that writes to a fresh hidden file beside it
-    (:func:`vosrt.runtime.outputs.staged_file`): when the block completes the video is read back
+    (:func:`vosrt.runtime.safe_write.staged_file`): when the block completes the video is read back
     and, if every frame is there, renamed to ``path``; otherwise (or when the block raises) it is
     deleted and ``path`` is left as it was."""
     path = Path(path)
@@ -245,7 +245,7 @@ def overlay_video(path: str | Path, fps: float, size: tuple[int, int], palette: 
             raise OSError(f"could not write the overlay video {path}: {readable} of its {writer.frames} frames read "
                           "back (disk full?)")
 
-    with outputs.staged_file(path, check) as partial:
+    with safe_write.staged_file(path, check) as partial:
         writer = OverlayVideoWriter(partial, codecs, fps, size, palette, alpha)
         try:
             yield writer

@@ -14,11 +14,11 @@ import numpy as np
 from tqdm import tqdm
 
 from vosrt import io
-from vosrt.runtime import outputs
+from vosrt.runtime import safe_write
 from vosrt.runtime.geometry import check_mask_size
 
 if TYPE_CHECKING:
-    from vosrt.runtime.batch import BatchSession
+    from vosrt.runtime.streams import BatchSession
     from vosrt.runtime.session import Session
 
 DEFAULT_FPS = 24.0
@@ -37,17 +37,17 @@ class SegmentResult:
 
 def check_outputs(source: io.FrameSource, masks: str | Path, output: str | Path | None,
                   overlay: str | Path | None, overwrite: bool) -> None:
-    """The output rules of ``vosrt segment`` (:mod:`vosrt.runtime.outputs`): something to write,
+    """The output rules of ``vosrt segment`` (:mod:`vosrt.runtime.safe_write`): something to write,
     nothing inside the input or the masks, no protected folder, and a non-empty ``output`` folder
     or an existing ``overlay`` only with ``overwrite``."""
     if output is None and overlay is None:
         raise ValueError("nothing to write: give --output DIR (palette PNGs), --overlay FILE.mp4, or both")
     sources = (("--input", source.location), ("--masks", masks))
     if output is not None:
-        outputs.check_output_folder(output, sources, overwrite, "--output")
+        safe_write.check_folder_to_fill(output, sources, overwrite, "--output")
     if overlay is not None:
         io.OverlayVideoWriter.codecs(Path(overlay))
-        outputs.check_output_file(overlay, sources, overwrite, "--overlay")
+        safe_write.check_file_to_write(overlay, sources, overwrite, "--overlay")
 
 
 def segment(make_session: Callable[[], "Session"], source: io.FrameSource, masks: str | Path, *,
@@ -206,7 +206,7 @@ def _outputs(output: str | Path | None, overlay: str | Path | None, fps: float, 
     overlay to a staged video (:func:`vosrt.io.overlay_video`). When the block completes, the video
     is read back and put in place, then the PNGs are read back and moved into ``output``
     (``written.others``: the files it held that this run did not write). When it raises, nothing is left."""
-    with (outputs.staged_folder(output) if output is not None else contextlib.nullcontext()) as staging:
+    with (safe_write.staged_folder(output) if output is not None else contextlib.nullcontext()) as staging:
         with (io.overlay_video(overlay, fps, size, palette) if overlay is not None
               else contextlib.nullcontext()) as video:
             def write(frame: io.Frame, labels: np.ndarray) -> None:
@@ -219,4 +219,4 @@ def _outputs(output: str | Path | None, overlay: str | Path | None, fps: float, 
         if staging is not None:
             for path in staging.iterdir():
                 io.check_label_map(path)
-            written.others = outputs.move_files(staging, Path(output))
+            written.others = safe_write.move_files(staging, Path(output))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vosrt.runtime import outputs
+from vosrt.runtime import safe_write
 from vosrt.runtime.artifacts import file_digest
 from vosrt.runtime.registry import Checkpoint, model_spec
 
@@ -55,7 +55,7 @@ def fetch(checkpoint: Checkpoint, progress: bool = True, check: Callable[[Path],
                 raise OSError(f"not a whole checkpoint of the official layout: {_first_line(err)}") from None
 
     try:
-        with outputs.staged_file(target, verify) as partial:
+        with safe_write.staged_file(target, verify) as partial:
             _download(checkpoint.url, partial, progress)
     except OSError as err:
         raise FileNotFoundError(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..batching import StageBatcher
+from ..stage_batcher import StageBatcher
 from ..buckets import read_windows, write_rows
 from ..session import Frame, Session
 from .config import JointFormerSessionConfig

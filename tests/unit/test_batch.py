@@ -13,8 +13,8 @@ from stream_clips import (label_flips_outside_near_ties, long_clip, max_dprob_pe
 from vosrt.api import build_network
 from vosrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from vosrt.runtime.backends.torch import TorchBackend
-from vosrt.runtime.batch import BatchSession
-from vosrt.runtime.batching import StageBatcher
+from vosrt.runtime.streams import BatchSession
+from vosrt.runtime.stage_batcher import StageBatcher
 from vosrt.runtime.registry import model_spec
 from vosrt.runtime.stages import StageSpec, TensorSpec, example_inputs
 

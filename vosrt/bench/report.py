@@ -58,7 +58,7 @@ def plot(report: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vosrt.runtime import outputs
+    from vosrt.runtime import safe_write
 
     runs = report["runs"]
     varied = [(axis, other) for axis, other in (("memory_frames", "objects"), ("objects", "memory_frames"))
@@ -73,7 +73,7 @@ def plot(report: dict, path: str | Path) -> None:
     fig.suptitle(f"{report['model']} {h}x{w}, {report['environment']['device']}, {report['weights']} weights",
                  fontsize=10)
     fig.tight_layout()
-    with outputs.staged_file(path) as partial:
+    with safe_write.staged_file(path) as partial:
         fig.savefig(partial, dpi=120, format="png")
     plt.close(fig)
 

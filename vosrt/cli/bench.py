@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
     omp_wait_policy = passive_openmp_threads()  # before torch loads
     from vosrt.bench import report
     from vosrt.bench.measure import run_benchmark
-    from vosrt.runtime import outputs
+    from vosrt.runtime import safe_write
 
     if args.plot and args.streams:
         raise ValueError("--plot draws latencies; with --streams the table and --json hold the throughput")
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
     results["environment"]["omp_wait_policy"] = omp_wait_policy
     print(report.format_table(results))
     if args.json:
-        outputs.write_text(args.json, json.dumps(results, indent=2) + "\n")
+        safe_write.write_text(args.json, json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot:
         report.plot(results, args.plot)

@@ -125,7 +125,7 @@ def _export_graphs(args: argparse.Namespace) -> Path:
     check_opset(args.opset)  # before the weights are loaded
     config = MODELS[args.model].config_type(**inference_options(args))
     output = Path(args.output or f"{args.model}-{'fp16' if args.fp16 else 'fp32'}")
-    artifacts.check_output(output)
+    artifacts.check_export_destination(output)
     checkpoint = wts.checkpoint_for(args.model, args.weights)
     export_onnx(build_network(args.model, checkpoint), args.model, output, config=config, checkpoint=checkpoint,
                 fp16=args.fp16, opset=args.opset, custom_ops=args.custom_ops,
