@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from vosrt.runtime.batching import StageBatcher
+from vosrt.runtime.stage_batcher import StageBatcher
 from vosrt.runtime.session import Frame, Session
 
 

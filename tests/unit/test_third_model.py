@@ -37,11 +37,11 @@ def _clip(frames: int, seed: int) -> list:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    tiny_vos.register()
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny") / "tiny-vos.pth"
     torch.save(TinyVOS().state_dict(), path)
-    return path
+    with tiny_vos.registered():
+        yield path
 
 
 @pytest.fixture(scope="module")
