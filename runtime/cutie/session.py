@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ..stage_batcher import StageBatcher
-from ..buckets import select_rows, read_windows, write_rows
+from ..buckets import select_rows, write_rows
 from ..session import Frame, Session
 from .config import CutieSessionConfig
 from .memory import MemoryStore
@@ -71,7 +71,7 @@ class CutieSession(Session):
         if not reads:
             return
         session = streams[0][0]
-        windows = read_windows([bucket for _, _, bucket in reads], session.config.top_k, session.backend.fixed_shapes)
+        windows = batcher.memory_windows([bucket for _, _, bucket in reads], session.config.top_k)
         memory = [dict(memory_key=bucket.key[:, :, tokens], memory_shrinkage=bucket.shrinkage[:, :, tokens],
                        memory_valid=bucket.valid[:, tokens]) for (_, _, bucket), tokens in zip(reads, windows)]
         queries = [{name: features[name] for name in ("key", "selection")} for _, features, _ in reads]

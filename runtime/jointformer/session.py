@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from ..stage_batcher import StageBatcher
-from ..buckets import read_windows, write_rows
+from ..buckets import write_rows
 from ..session import Frame, Session
 from .config import JointFormerSessionConfig
 from .reference_cache import ReferenceCache
@@ -57,7 +57,7 @@ class JointFormerSession(Session):
         queries = batcher.run("query_encoder", [(s, {"image": frame.image}) for s, frame, _ in steps])
         reads = [(s, query["tokens"], bucket) for (s, _, _), query in zip(steps, queries) for bucket in s._cache.buckets]
         session = steps[0][0]
-        windows = read_windows([bucket for _, _, bucket in reads], session.config.top_k, session.backend.fixed_shapes)
+        windows = batcher.memory_windows([bucket for _, _, bucket in reads], session.config.top_k)
         propagated = batcher.run("joint_propagation", [
             (s, dict(tokens=tokens.expand(len(bucket.object_ids), -1, -1), ref_keys=bucket.keys[:, :, :, read],
                      ref_values=bucket.values[:, :, :, read], ref_valid=bucket.valid[:, read]))
