@@ -11,8 +11,9 @@ from vosrt.runtime.registry import MODEL_NAMES, MODELS
 
 from .options import add_inference_options, argument, inference_options, parse_resolution
 
-# Settings an export fixes (top_k, JointFormer's top-K options) and the memory size it records.
-EXPORT_FIELDS = ("max_mem_frames", "top_k", "topk_range", "topk_block", "topk_clstoken")
+# The memory size an export records, and the settings it fixes (each model config's export_settings()).
+EXPORT_FIELDS = ("max_mem_frames", *dict.fromkeys(field for spec in MODELS.values()
+                                                   for field in spec.config_type().export_settings()))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
