@@ -9,7 +9,7 @@ from pathlib import Path
 from vosrt.bench.settings import BENCH_BACKENDS, BenchSettings, passive_openmp_threads
 from vosrt.runtime.registry import MODEL_NAMES
 
-from .options import FLAGS, add_inference_options, argument, inference_options, parse_counts, parse_resolution
+from .options import add_inference_options, argument, inference_options, option_fields, parse_counts, parse_resolution
 
 
 def add_parser(sub) -> None:
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the clip")
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--plot", help="write a PNG plot of latency vs memory frames and vs objects here (needs matplotlib)")
-    add_inference_options(p, set(FLAGS) - {"max_mem_frames"})
+    add_inference_options(p, option_fields() - {"max_mem_frames"})
     p.set_defaults(run=run)
 
 
