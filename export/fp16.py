@@ -93,13 +93,6 @@ def check_fp32_islands(model: onnx.ModelProto, policy: Fp16Policy) -> list[str]:
     return _violations(graph, _islands(graph, policy) | fp32_ops)
 
 
-def fp32_violations(model: onnx.ModelProto, fp32_nodes: set[str]) -> list[str]:
-    """One line for each node of ``fp32_nodes`` that computes in fp16 in ``model`` and for each
-    round trip fp32 -> fp16 -> fp32 from one of them to another (e.g. ``fp32_nodes`` taken from
-    an fp32 export, ``model`` converted by another tool)."""
-    return _violations(_Graph(model), fp32_nodes)
-
-
 def _islands(graph: _Graph, policy: Fp16Policy) -> set[str]:
     custom = {node.name for node in graph.nodes if node.domain not in STANDARD_DOMAINS}
     return _model_regions(graph) | _scores(graph, policy) | custom

@@ -56,7 +56,7 @@ def export_onnx(network: nn.Module, model: str, output: str | Path, *, config: S
                 checkpoint: str | Path | None = None, fp16: bool = False, opset: int = DEFAULT_OPSET,
                 custom_ops: bool = False, progress: Callable[[str], None] = print) -> Path:
     """Export ``network`` (model ``model``) to the directory ``output`` (replaced if it is a vosrt
-    export: :func:`vosrt.runtime.artifacts.check_output`) with ONNX ``opset`` (:data:`.opset.OPSETS`).
+    export: :func:`vosrt.runtime.artifacts.check_export_destination`) with ONNX ``opset`` (:data:`.opset.OPSETS`).
     Returns its path.
 
     ``config``: the session settings the graphs are for (default: the model's official ones);
@@ -83,7 +83,7 @@ def export_onnx(network: nn.Module, model: str, output: str | Path, *, config: S
             progress(f"exporting {name} ({'fp16' if fp16 else 'fp32'}, opset {opset})")
             stage = family.stages[name]
             path = staging / f"{name}.onnx"
-            _export_graph(module, stage, example_inputs(stage, sizes), path, opset)
+            _export_graph(module, stage, example_inputs(stage, sizes), path, opset, family.sizes(architecture))
             if fp16:
                 convert_to_fp16(path, family.fp16_policy)
             onnx.checker.check_model(str(path), full_check=True)
@@ -103,11 +103,12 @@ def export_onnx(network: nn.Module, model: str, output: str | Path, *, config: S
     return output
 
 
-def _export_graph(module: nn.Module, stage: StageSpec, inputs: tuple, path: Path, opset: int) -> None:
+def _export_graph(module: nn.Module, stage: StageSpec, inputs: tuple, path: Path, opset: int,
+                  fixed: Mapping[str, int]) -> None:
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic, expected here
         torch.onnx.export(module, inputs, str(path), input_names=list(stage.input_names),
-                          output_names=list(stage.output_names), dynamic_axes=stage.dynamic_axes(),
+                          output_names=list(stage.output_names), dynamic_axes=stage.dynamic_axes(fixed),
                           opset_version=opset, dynamo=False)
 
 

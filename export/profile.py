@@ -7,7 +7,6 @@ from pathlib import Path
 
 from vosrt.runtime.geometry import FrameGeometry
 from vosrt.runtime.registry import MODELS
-from vosrt.runtime.stages import frame_sizes
 
 TIMING_CACHE = "timing.cache"
 DEFAULT_RESOLUTION = (480, 854)
@@ -60,9 +59,10 @@ class EngineProfile:
         """
         family = MODELS[onnx_manifest["model"]].family
         frames = family.memory_frames(self.for_export(onnx_manifest).max_mem_frames)
-        fixed = family.sizes(onnx_manifest["architecture"])
-        full = frame_sizes(*self.resolution, self.max_objects, frames, self.max_streams) | fixed
-        corners = {"min": full if static else frame_sizes(*self.resolution, 1, 1) | fixed, "opt": full, "max": full}
+        architecture = onnx_manifest["architecture"]
+        full = family.example_sizes(architecture, *self.resolution, self.max_objects, frames, self.max_streams)
+        smallest = family.example_sizes(architecture, *self.resolution, 1, 1)
+        corners = {"min": full if static else smallest, "opt": full, "max": full}
         return {name: {tensor.name: {corner: tensor.resolve(sizes) for corner, sizes in corners.items()}
                        for tensor in stage.inputs}
                 for name, stage in family.stages.items()}

@@ -77,7 +77,7 @@ def build_engines(onnx_dir: str | Path, output: str | Path | None = None, *, opt
     options = replace(options, profile=options.profile.for_export(onnx_manifest))
     if options.dla_core is not None and onnx_manifest["precision"] != "fp16":
         raise ValueError("DLA runs fp16 only: build DLA engines from an fp16 export (export-engine --fp16)")
-    artifacts.check_output(Path(output) if output else onnx_dir / ENGINE_DIR)
+    artifacts.check_export_destination(Path(output) if output else onnx_dir / ENGINE_DIR)
     trt = require_build_environment(onnx_dir, onnx_manifest, options, output)
     artifacts.register_custom_ops(onnx_manifest)
     output = Path(output) if output else onnx_dir / ENGINE_DIR

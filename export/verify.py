@@ -70,7 +70,7 @@ class GraphCheck:
         return self.max_abs_error / max(self.scale, 1e-12)
 
 
-def check_output(stage: StageSpec, output: str, got: np.ndarray, reference: np.ndarray, tolerance: float,
+def compare_output(stage: StageSpec, output: str, got: np.ndarray, reference: np.ndarray, tolerance: float,
                  size: Sequence[int], num_objects: int, *, flips: bool = False,
                  topk_differ: float | None = None) -> GraphCheck:
     """Compare one output with its reference: max |error| within ``tolerance x max |reference|``;
@@ -119,7 +119,7 @@ def compare_with_eager(export_dir: str | Path, network: nn.Module, sizes=DEFAULT
                 outputs, indices = graph.run(stage, inputs)
                 eager, eager_indices = run_eager(modules[name], inputs)
                 differ = topk_differ(indices, graph.topk_axes, eager_indices)
-                checks += [check_output(stage, output, got, expected, rel_tol or tolerances[f"{name}.{output}"],
+                checks += [compare_output(stage, output, got, expected, rel_tol or tolerances[f"{name}.{output}"],
                                         size, k, flips=manifest["precision"] == "fp32", topk_differ=differ)
                            for output, got, expected in zip(stage.output_names, outputs, eager)]
     return checks
@@ -200,7 +200,7 @@ def compare_engines_with_onnxruntime(engine_dir: str | Path, objects: tuple[int,
     """Run every TensorRT engine of ``engine_dir`` and its ONNX graph on ONNX Runtime (CPU) on the
     same random inputs at the engines' resolution, for 1 and ``max_objects`` objects (or
     ``objects``); an output passes when max |trt - ort| <= rel_tol * max |ort| (default
-    :data:`ENGINE_REL_TOL` for the engines' precision; fp32 top-K stages as in :func:`check_output`).
+    :data:`ENGINE_REL_TOL` for the engines' precision; fp32 top-K stages as in :func:`compare_output`).
     Polygraphy's ``TrtRunner`` and ``OnnxrtRunner`` run them. Needs TensorRT and the GPU the engines
     were built for."""
     from polygraphy.backend.common import BytesFromPath
@@ -231,7 +231,7 @@ def compare_engines_with_onnxruntime(engine_dir: str | Path, objects: tuple[int,
                 inputs = example_inputs(stage, family.example_sizes(manifest["architecture"], *size, k, frames))
                 feed = {n: x.numpy() for n, x in zip(stage.input_names, inputs)}
                 (_, (reference,)), (_, (engine,)) = Comparator.run(runners, data_loader=[feed])
-                checks += [check_output(stage, o, np.asarray(engine[o], dtype=np.float32),
+                checks += [compare_output(stage, o, np.asarray(engine[o], dtype=np.float32),
                                         np.asarray(reference[o], dtype=np.float32), rel_tol, size, k,
                                         flips=manifest["precision"] == "fp32")
                            for o in stage.output_names]

@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 
 from .readout import triton_available
+from .triton import JOINT_ATTENTION_MAX_TOP_K as KERNEL_MAX_TOP_K
 
-KERNEL_MAX_TOP_K = 256  # the Triton kernel's largest top_k (top-K buckets 32, 64, 128, 256)
 
 
 def topk_joint_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref_k: torch.Tensor,

@@ -51,7 +51,7 @@ import math
 
 import torch
 
-KERNEL_MAX_TOP_K = 64  # the Triton kernels' largest top_k (top-K buckets 16, 32, 64)
+from .triton import READOUT_MAX_TOP_K as KERNEL_MAX_TOP_K  # the package imports no triton
 
 
 def triton_available() -> bool:
@@ -240,7 +240,7 @@ def topk_usage_scatter(
     with torch.autocast(query_key.device.type, enabled=False):
         weights, index = _top_weights(query_key, query_selection, memory_key, memory_shrinkage, valid, top_k)
         affinity = torch.zeros(*index.shape[:2], valid.shape[1], device=weights.device, dtype=torch.float32)
-        return _middle_sum(affinity.scatter(2, index, weights)).squeeze(1)
+        return affinity.scatter(2, index, weights).sum(1)
 
 
 def _query_major_similarity(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,
@@ -250,15 +250,8 @@ def _query_major_similarity(query_key: torch.Tensor, query_selection: torch.Tens
     qk, qe, mk = query_key.float(), query_selection.float(), memory_key.float()
     scale = memory_shrinkage.float() / math.sqrt(mk.shape[1])
     memory = torch.cat([mk * scale, mk.square() * scale, scale], dim=1)
-    query = torch.cat([2 * qk * qe, -qe, -_middle_sum(qe * qk.square())], dim=1)
+    query = torch.cat([2 * qk * qe, -qe, -(qe * qk.square()).sum(1, keepdim=True)], dim=1)
     return query.transpose(1, 2) @ memory
-
-
-def _middle_sum(x: torch.Tensor) -> torch.Tensor:
-    """``x.sum(1, keepdim=True)`` of ``[B, L, M]`` as a product with ones, ``[B, 1, M]``: ONNX Runtime's
-    ReduceSum over a middle axis sums one batch item in another order than several, a MatMul sums
-    every item alike (so a stream rounds the same alone and in a batch)."""
-    return torch.ones_like(x[:1, :, :1]).transpose(1, 2) @ x
 
 
 def _top_weights(query_key: torch.Tensor, query_selection: torch.Tensor, memory_key: torch.Tensor,

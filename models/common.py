@@ -1,8 +1,6 @@
-"""What both networks share: fp32 regions, the ImageNet normalisation, Cutie/XMem's soft aggregation,
-the softmax over its channels, and batch-invariant products of single rows."""
+"""What both networks share: fp32 regions, the ImageNet normalisation, Cutie/XMem's soft aggregation
+and the softmax over its channels."""
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
@@ -22,31 +20,6 @@ def to_fp32(x: torch.Tensor) -> torch.Tensor:
     fp16 export starts an fp32 island, see :mod:`vosrt.export.fp16`); ``x.float()`` would return
     ``x`` itself, and the trace would count every later use of ``x`` as inside the region."""
     return x.to(torch.float32, copy=True)
-
-
-GEMM_ROWS = 16
-
-
-def on_row_copies(fn: Callable[..., torch.Tensor], *rows: torch.Tensor) -> torch.Tensor:
-    """``fn(*rows)`` for inputs of one row each, ``[..., 1, C]``, computed on ``GEMM_ROWS`` copies of
-    the row and returned for one, ``[..., 1, C']``. CPU matrix products of fewer than about 12 rows
-    take kernels chosen by the row count, so one stream's few objects would round differently from
-    the same objects among a batch of streams'; ``fn`` must treat rows independently (linear layers,
-    MLPs, layer norms)."""
-    copies = [row.expand(*[-1] * (row.dim() - 2), GEMM_ROWS, -1) for row in rows]
-    return fn(*copies)[..., :1, :]
-
-
-def per_row(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``fn(x)`` for an elementwise ``fn``, computed row by row on the CPU (rows: ``x``'s first axis,
-    the objects or streams of a call). torch's CPU kernels compute a tensor's last partial vector in
-    scalar code, which rounds sigmoid or exp differently, and which elements fall there depends on
-    the tensor's size; row by row, each row's elements take the same path alone as in a batch. For
-    tensors whose rows are not whole vectors (a map of one channel). Elsewhere (GPU, ONNX export)
-    ``fn(x)`` as it is."""
-    if x.device.type != "cpu" or torch.onnx.is_in_onnx_export() or x.shape[0] == 1:
-        return fn(x)
-    return torch.cat([fn(row) for row in x.split(1)])
 
 
 def aggregate(prob: torch.Tensor, dim: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from . import outputs
+from . import safe_write
 from .config import SessionConfig
 from .registry import MODELS, ModelSpec
 
@@ -197,20 +197,20 @@ def is_vosrt_export(directory: str | Path) -> bool:
 _OUTPUT_RULE = dict(replaceable=is_vosrt_export, what="output folder", kind="a vosrt export")
 
 
-def check_output(output: str | Path) -> None:
+def check_export_destination(output: str | Path) -> None:
     """ValueError or FileExistsError unless an export may be written to ``output``: absent, empty
     or a vosrt export (:func:`is_vosrt_export`), and not a protected folder
-    (:func:`vosrt.runtime.outputs.check_not_protected`)."""
-    outputs.check_replaceable(Path(output), **_OUTPUT_RULE)
+    (:func:`vosrt.runtime.safe_write.check_not_protected`)."""
+    safe_write.check_replaceable(Path(output), **_OUTPUT_RULE)
 
 
 @contextlib.contextmanager
 def staged_directory(output: Path) -> Iterator[Path]:
     """A new temporary sibling of ``output`` to write into: when the block completes it replaces
     ``output``; when it raises (or is interrupted), it is removed and ``output`` is left as it was.
-    ``output`` must pass :func:`check_output`, which is checked before the block runs and again
+    ``output`` must pass :func:`check_export_destination`, which is checked before the block runs and again
     before the swap."""
-    with outputs.replaced_folder(output, **_OUTPUT_RULE) as staging:
+    with safe_write.replaced_folder(output, **_OUTPUT_RULE) as staging:
         yield staging
 
 

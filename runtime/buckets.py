@@ -3,7 +3,6 @@ the same frame share a bucket (the same memory frames); each model's store says 
 holds. This module holds the bookkeeping they share."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 import torch
@@ -39,17 +38,6 @@ class Bucket:
 
 
 B = TypeVar("B", bound=Bucket)
-
-
-def read_windows(buckets: Sequence[Bucket], top_k: int, whole: bool) -> list[slice]:
-    """The tokens each bucket's memory read takes: the whole buffers on a fixed-shapes backend
-    (CUDA graphs), else :meth:`Bucket.tokens_to_read` (the tokens in use, at least ``top_k``).
-
-    Reads of several streams share a backend call only when they have the same length (the
-    :class:`~.batching.StageBatcher` groups members by shape): a read extended over empty tokens to
-    match a longer one would give the same values up to rounding only (a matrix product over more
-    columns takes other kernels), and every stream of a batch gets its own session's bits."""
-    return [slice(0, bucket.capacity) if whole else bucket.tokens_to_read(top_k) for bucket in buckets]
 
 
 def select_rows(tensor: torch.Tensor, rows: list[int], dim: int) -> torch.Tensor:

@@ -2,7 +2,15 @@
 each model's config dataclass into its options."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+def option(default: Any, help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A settings field that is also a command-line option: ``help`` its help text, ``flag`` its
+    flag where it is not ``--field-name`` (``--no-field-name`` for a field that defaults to True),
+    ``choices`` the values it takes (see :mod:`vosrt.cli.options`)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -11,10 +19,10 @@ class SessionConfig:
     frames per bucket, the permanent first frame included; top_k: memory tokens each query
     reads; max_internal_size: resize frames so the shorter side is at most this (-1: keep)."""
 
-    mem_every: int = 5
-    max_mem_frames: int = 5
-    top_k: int = 30
-    max_internal_size: int = -1
+    mem_every: int = option(5, "memorise every N frames")
+    max_mem_frames: int = option(5, "memory size in frames, the permanent first frame included")
+    top_k: int = option(30, "memory tokens read per pixel (jointformer: per token)")
+    max_internal_size: int = option(-1, "resize so the shorter side is at most this (-1: keep size)")
 
     def __post_init__(self) -> None:
         for name in ("mem_every", "max_mem_frames", "top_k"):

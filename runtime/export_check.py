@@ -21,7 +21,6 @@ from typing import Any, Mapping
 
 from .artifacts import ArtifactError, sha256
 from .registry import MODELS
-from .stages import DYNAMIC
 
 
 def check_checkpoint(manifest: Mapping[str, Any], checkpoint: str | Path, directory: str | Path) -> None:
@@ -74,7 +73,7 @@ def _check_tensors(found, declared, sizes: Mapping[str, int], what: str) -> None
                             f"{', '.join(names)}: its manifest entry names another graph or another model; export again")
     for tensor, spec in zip(found, declared):
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.type.tensor_type.shape.dim]
-        expected = [dim if isinstance(dim, int) or dim in DYNAMIC else sizes.get(dim, dim) for dim in spec.shape]
+        expected = [dim if isinstance(dim, int) else sizes.get(dim, dim) for dim in spec.shape]  # unsized: dynamic
         fixed_differ = any(isinstance(d, int) and isinstance(e, int) and d != e for d, e in zip(dims, expected))
         if len(dims) != len(expected) or fixed_differ:
             raise ArtifactError(f"{what}: {spec.name} has the shape {dims}, not {expected}: graphs of another model "

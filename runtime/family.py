@@ -41,15 +41,19 @@ class Fp16Policy:
 
 
 class ModelFamily(ABC):
-    """One network family. Subclasses declare ``name``, ``stages``, ``session_type``,
+    """One network family. Subclasses declare ``stages``, ``memory_symbol`` (the dynamic symbol of
+    the memory tokens in the stages' shapes: memory frames x ``hw``), ``session_type``,
     ``fp16_policy`` and ``torch_fp16`` (whether eager torch has an fp16 mode) and implement the
     abstract methods."""
 
-    name: str
     stages: Mapping[str, StageSpec]
+    memory_symbol: str
     session_type: type["Session"]
     fp16_policy: Fp16Policy
     torch_fp16: bool = False
+
+    def __init__(self) -> None:
+        self.session_type.family = self  # its sessions allocate their state from these declarations
 
     @abstractmethod
     def build_network(self, variant: str, state_dict: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
@@ -90,8 +94,10 @@ class ModelFamily(ABC):
 
     def example_sizes(self, architecture: Mapping[str, Any], height: int, width: int, objects: int,
                       memory_frames: int, streams: int = 1) -> dict[str, int]:
-        """Every symbol's value for a call at that size (:func:`~vosrt.runtime.stages.frame_sizes`)."""
-        return frame_sizes(height, width, objects, memory_frames, streams) | self.sizes(architecture)
+        """Every symbol's value for a call at that size (:func:`~vosrt.runtime.stages.frame_sizes`,
+        the memory's tokens and the architecture's sizes)."""
+        frame = frame_sizes(height, width, objects, memory_frames, streams)
+        return frame | {self.memory_symbol: memory_frames * frame["hw"]} | self.sizes(architecture)
 
 
 def stage_method(network: nn.Module, stage: StageSpec, options: Mapping[str, Any]):

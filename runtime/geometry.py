@@ -1,5 +1,6 @@
 """How a frame maps to the network input: resized to ``max_internal_size``, padded to a multiple
-of 16; and how a label map a few pixels off the frame size is aligned with it. No torch import."""
+of 16; how a label map a few pixels off the frame size is aligned with it; and the warning vosrt
+gives about such inputs (:class:`VosrtWarning`). No torch import."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +8,11 @@ from dataclasses import dataclass
 STRIDE = 16
 ALIGNMENT_RULE = ("a mask a few pixels off the frame size is aligned as the official code aligns it only when both "
                   "pad to the same multiple of 16")
+
+
+class VosrtWarning(UserWarning):
+    """Something a user should know about a run that still goes on: a mask aligned to its frame, a
+    video shorter than its header says. The command line prints each as one line."""
 
 
 @dataclass(frozen=True)

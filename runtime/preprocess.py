@@ -8,8 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import VosrtWarning
-from .geometry import FrameGeometry, check_mask_size, padded_size, stride_pad
+from .geometry import FrameGeometry, VosrtWarning, check_mask_size, padded_size, stride_pad
 from .objects import object_ids
 
 

@@ -1,7 +1,8 @@
 """The models vosrt runs: one :class:`ModelSpec` per model name, and their official checkpoints.
 
 This is the one place that maps a model name to what it is. Adding a model means one entry
-here and its own folders (``models/<family>/``, ``runtime/<family>/``). No torch import: the
+here and its own folders (``models/<family>/``, ``runtime/<family>/``), or, for a model that lives
+outside this repository, one call of :func:`register_model` (``vosrt.register_model``). No torch import: the
 command line reads the names and config types; a model's :class:`~vosrt.runtime.family.ModelFamily`
 (network, stages, session) is imported when first used.
 """
@@ -74,6 +75,15 @@ MODELS = {spec.name: spec for spec in (
                     for s in _JOINTFORMER_STAGES)),
 )}
 MODEL_NAMES = tuple(MODELS)
+
+
+def register_model(spec: ModelSpec) -> None:
+    """Add a model: ``vosrt.load``, ``vosrt.load_batch``, the ONNX exporter, the backends and
+    ``vosrt verify`` then take ``spec.name``. Its family (``spec.family_module``'s ``FAMILY``, a
+    :class:`~vosrt.runtime.family.ModelFamily`) declares its stages, sizes and session."""
+    if spec.name in MODELS:
+        raise ValueError(f"a model named {spec.name!r} is registered already")
+    MODELS[spec.name] = spec
 
 
 def model_spec(name: str) -> ModelSpec:

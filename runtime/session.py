@@ -4,9 +4,12 @@
 ``InferenceCore``): validate and prepare the frame, decide whether it is a memory frame
 (every ``mem_every`` frames and every frame with a mask, never the last one), run the
 model's step, and return the probabilities at the frame's size with the objects in id order.
-A model's session implements ``_step_streams`` (and the memory it keeps): the step of several
-sessions on one backend at once (:mod:`.batch`), each stage run once for all of them where
-their shapes allow (:class:`~.batching.StageBatcher`); a session of one video steps alone.
+The step itself (``_step_streams``) is the same for every model and runs several sessions on
+one backend at once (:mod:`.streams`), each stage once for all of them where their shapes allow
+(:class:`~.stage_batcher.StageBatcher`; a session of one video steps alone): encode each frame, predict
+the frames that need it, merge the masks given, register new objects, memorise. A model's session
+supplies those hooks (``_encode``, ``_predict``, ``_register_objects``, ``_memorise``) and the
+memory it keeps.
 
 Outputs: ``output="numpy"`` (the default) copies the probabilities to the host;
 ``output="tensor"`` returns them as a tensor on the session's device without waiting for the
@@ -20,6 +23,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,11 +31,14 @@ import torch
 from vosrt.models.common import aggregate
 
 from .backends.base import Backend
-from .batching import StageBatcher
+from .stage_batcher import StageBatcher
 from .config import SessionConfig
 from .objects import ObjectManager
 from .geometry import STRIDE, FrameGeometry
 from .preprocess import prepare_image, prepare_mask, restore
+
+if TYPE_CHECKING:
+    from .family import ModelFamily
 
 OUTPUTS = ("numpy", "tensor")
 
@@ -61,6 +68,8 @@ class Session(ABC):
     >>> labels = session.to_mask(prob)
     """
 
+    family: "ModelFamily"  # set by the family that declares this session type
+
     def __init__(self, backend: Backend, config: SessionConfig, *, amp: bool = False):
         self.backend = backend
         self.config = config
@@ -73,6 +82,7 @@ class Session(ABC):
         self._last_memory_index = 0
         self.objects = ObjectManager()
         self._geometry: FrameGeometry | None = None
+        self._last_masks: torch.Tensor | None = None  # the last frame's object masks [K, H', W'], memory order
         self._reset_memory()
 
     @property
@@ -108,7 +118,7 @@ class Session(ABC):
         With ``amp`` the whole step runs under fp16 autocast (the official AMP); the networks
         keep their official fp32 regions inside it.
         """
-        check_output(output)
+        check_output_format(output)
         frame = self._prepare(image, mask, objects, end)
         self._begin(frame)
         [prob] = step_sessions([(self, frame)], StageBatcher(self.backend))
@@ -117,7 +127,10 @@ class Session(ABC):
     @torch.inference_mode()
     def remove_objects(self, object_ids: list[int]) -> None:
         """Stop tracking objects: they leave the memory and the output."""
-        self._keep_rows(self.objects.remove(object_ids), object_ids)
+        rows = self.objects.remove(object_ids)
+        if self._last_masks is not None:
+            self._last_masks = self._last_masks[rows]
+        self._keep_rows(rows, object_ids)
 
     # -- what a model's session implements ------------------------------------------------
 
@@ -131,11 +144,65 @@ class Session(ABC):
         """Whether anything is in memory to propagate from."""
 
     @classmethod
+    def _encode(cls, steps: Sequence[tuple["Session", Frame]], batcher: StageBatcher) -> list[object]:
+        """Per session, what its frame's encoding gives every later hook (``predict``, ``memorise``);
+        by default nothing: a model that encodes each frame once whatever happens to it does it here."""
+        return [None] * len(steps)
+
+    def _needs_prediction(self, frame: Frame) -> bool:
+        """The rule of every model (the official ``InferenceCore``'s): a frame is predicted when there is
+        memory to predict from and its mask, if any, does not label every tracked object."""
+        covers_all = frame.labels is not None and set(self.objects.ids) <= set(frame.objects)
+        return self._has_memory and not covers_all
+
+    @classmethod
     @abstractmethod
+    def _predict(cls, streams: list[tuple["Session", Frame, object]], batcher: StageBatcher) -> list[torch.Tensor]:
+        """(session, frame, its encoding) for the frames that need a prediction -> per session
+        ``[K + 1, H', W']`` probabilities of its tracked objects in memory order."""
+
+    @abstractmethod
+    def _register_objects(self, new_objects: list[int]) -> None:
+        """Allocate the per-object state of objects a mask starts tracking."""
+
+    def _memorises(self, frame: Frame) -> bool:
+        """Whether ``frame`` enters memory (after its prediction)."""
+        return frame.memorise
+
+    @classmethod
+    @abstractmethod
+    def _memorise(cls, streams: list[tuple["Session", Frame, object]], batcher: StageBatcher) -> None:
+        """Put each (session, frame, its encoding) into its session's memory, with the frame's object
+        masks :attr:`_last_masks`."""
+
+    @abstractmethod
+    def _memory_tokens(self, frame_tokens: int) -> int:
+        """The most memory tokens one query token can read from, for frames of ``frame_tokens`` tokens."""
+
+    @abstractmethod
+    def _keep_rows(self, rows: list[int], removed: list[int]) -> None:
+        """Keep the per-object state of ``rows`` (memory order); ``removed`` objects leave the memory."""
+
+    # -- the step -------------------------------------------------------------------------
+
+    @classmethod
     def _step_streams(cls, steps: Sequence[tuple["Session", Frame]], batcher: StageBatcher) -> list[torch.Tensor]:
         """Segment each session's frame and update its memory -> per session ``[K + 1, H', W']``
-        probabilities in memory order. The sessions share one backend and config; each stage
-        runs through ``batcher``, so sessions whose shapes agree share its calls."""
+        probabilities in memory order. The sessions share one backend and config; each stage runs
+        through ``batcher``, so sessions whose shapes agree share its calls. Encode, predict the
+        frames that need it, merge the masks given, register new objects, memorise."""
+        encoded = cls._encode(steps, batcher)
+        predicting = [i for i, (s, frame) in enumerate(steps) if s._needs_prediction(frame)]
+        prob: list[torch.Tensor | None] = [None] * len(steps)
+        for i, p in zip(predicting, cls._predict([(*steps[i], encoded[i]) for i in predicting], batcher)):
+            prob[i] = p
+        for i, (s, frame) in enumerate(steps):
+            if frame.labels is not None:
+                prob[i] = s._merge_mask(prob[i], frame.labels, frame.objects)
+                s._register_objects(s.objects.add(frame.objects))
+            s._last_masks = prob[i][1:].clone()  # not a backend's output buffer: another stream reuses it
+        cls._memorise([(s, frame, encoded[i]) for i, (s, frame) in enumerate(steps) if s._memorises(frame)], batcher)
+        return prob
 
     @abstractmethod
     def _memory_tokens(self, frame_tokens: int) -> int:
@@ -177,6 +244,14 @@ class Session(ABC):
             self._last_memory_index = frame.index
         return self._output(prob, frame.geometry, output)
 
+    def _new_state(self, stage: str, tensor: str, objects: int, memory_frames: int = 0) -> torch.Tensor:
+        """Zeros shaped as input ``tensor`` of ``stage`` declares it, for this video's frames, one
+        stream of ``objects`` objects and a memory of ``memory_frames`` frames (the state a session
+        keeps between frames)."""
+        sizes = self.family.example_sizes(self.backend.architecture, *self._geometry.padded, objects, memory_frames)
+        spec = next(t for t in self.family.stages[stage].inputs if t.name == tensor)
+        return torch.zeros(spec.resolve(sizes), device=self.backend.device)
+
     def _check_memory_fits(self, geometry: FrameGeometry) -> None:
         """ValueError, before anything runs, when the dense memory readout of frames of this size
         (fp32 similarities of every query token with every memory token) exceeds the device's memory."""
@@ -216,7 +291,7 @@ class Session(ABC):
         return prob if output == "tensor" else prob.cpu().numpy()
 
 
-def check_output(output: str) -> None:
+def check_output_format(output: str) -> None:
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, got {output!r}")
 

@@ -6,25 +6,26 @@ session's memory (read in place). The ONNX export (names, dynamic axes, example 
 the ONNX Runtime and TensorRT bindings, the TensorRT profiles, the CUDA-graph keys and
 ``vosrt verify`` all read these declarations.
 
-Shapes are tuples of integers and symbols. Dynamic symbols (:data:`DYNAMIC`) vary with the
-video: ``H x W`` padded frame (multiple of 16), ``h x w`` its stride-16 grid (``hw`` tokens),
-``h8 x w8`` and ``h4 x w4`` the stride-8/4 grids, ``K`` objects (``K+1`` with the background),
-``N``/``M`` memory tokens (Cutie / JointFormer). The *stream axes* (:data:`STREAM_AXES`) let one
+Shapes are tuples of integers and symbols. The frame symbols (:func:`frame_sizes`) vary with the
+video: ``H x W`` padded frame (multiple of the stride), ``h x w`` its stride grid (``hw`` tokens),
+``h8 x w8`` and ``h4 x w4`` the stride-8/4 grids, ``K`` objects (``K+1`` with the background);
+a model family adds the symbol of its memory tokens (``ModelFamily.memory_symbol``). The *stream axes* (:data:`STREAM_AXES`) let one
 call serve several videos (:mod:`.batch`): ``B`` streams, one row each (1 for a session of one
 video), and ``BK`` their objects, stream after stream (where a stage also has a ``B`` axis every
 stream has the same ``K`` objects and ``BK = B x K``; otherwise the rows are independent and a
 stream may give any number). Every other symbol is fixed by the network architecture (channel
-counts, blocks, heads) and resolved by the model family. No torch import: the command line
-reads this module.
+counts, blocks, heads): the model family's ``sizes`` resolve those, and every symbol they do not
+resolve is a dynamic axis. No torch import: the command line reads this module.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Union
+from typing import Collection, Mapping, Union
+
+from .geometry import STRIDE
 
 Dim = Union[int, str]
 STREAM_AXES = ("B", "BK")
-DYNAMIC = frozenset({"H", "W", "h", "w", "hw", "h8", "w8", "h4", "w4", "K", "K+1", "N", "M", *STREAM_AXES})
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,9 @@ class TensorSpec:
     values: tuple[float, float] = (-0.5, 0.5)
     memory: bool = False
 
-    def dynamic_axes(self) -> dict[int, str]:
-        return {axis: dim for axis, dim in enumerate(self.shape) if dim in DYNAMIC}
+    def dynamic_axes(self, fixed: Collection[str]) -> dict[int, str]:
+        """``{axis: symbol}`` of the axes whose symbol is not one of the architecture's ``fixed`` ones."""
+        return {axis: dim for axis, dim in enumerate(self.shape) if isinstance(dim, str) and dim not in fixed}
 
     @property
     def stream_axis(self) -> int | None:
@@ -76,23 +78,20 @@ class StageSpec:
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.outputs)
 
-    @property
-    def memory_inputs(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.inputs if t.memory)
-
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        """``{tensor: {axis: symbol}}`` of the dynamic axes, as ``torch.onnx.export`` takes them."""
-        return {t.name: axes for t in (*self.inputs, *self.outputs) if (axes := t.dynamic_axes())}
+    def dynamic_axes(self, fixed: Collection[str]) -> dict[str, dict[int, str]]:
+        """``{tensor: {axis: symbol}}`` of the dynamic axes (the symbols not in ``fixed``), as
+        ``torch.onnx.export`` takes them."""
+        return {t.name: axes for t in (*self.inputs, *self.outputs) if (axes := t.dynamic_axes(fixed))}
 
 
 def frame_sizes(height: int, width: int, objects: int, memory_frames: int, streams: int = 1) -> dict[str, int]:
-    """Values of the dynamic symbols for a padded ``height x width`` frame (multiples of 16),
-    ``objects`` objects per stream, a memory of ``memory_frames`` frames of ``hw`` tokens and
-    ``streams`` streams in a call."""
-    h, w = height // 16, width // 16
+    """Values of the frame symbols for a padded ``height x width`` frame (multiples of
+    :data:`~.geometry.STRIDE`), ``objects`` objects per stream, ``streams`` streams in a call and
+    (``frames``) a memory of ``memory_frames`` frames."""
+    h, w = height // STRIDE, width // STRIDE
     return {"H": height, "W": width, "h": h, "w": w, "hw": h * w, "h8": 2 * h, "w8": 2 * w, "h4": 4 * h,
-            "w4": 4 * w, "K": objects, "K+1": objects + 1, "N": memory_frames * h * w, "M": memory_frames * h * w,
-            "B": streams, "BK": streams * objects, "frames": memory_frames}
+            "w4": 4 * w, "K": objects, "K+1": objects + 1, "B": streams, "BK": streams * objects,
+            "frames": memory_frames}
 
 
 def example_inputs(stage: StageSpec, sizes: Mapping[str, int], seed: int = 0) -> tuple:

@@ -1631,7 +1631,7 @@ def scoring_workers_do_not_inherit_the_sigterm_handler(ws):
     quietly when its pool terminates it while it works."""
     code = ("import time\n"
             "from multiprocessing import Pool\n"
-            "from vosrt.runtime.outputs import sigterm_as_interrupt\n"
+            "from vosrt.runtime.safe_write import sigterm_as_interrupt\n"
             "with sigterm_as_interrupt():\n"
             "    pool = Pool(2)\n"
             "    pool.map_async(time.sleep, [30, 30])\n"

@@ -3,6 +3,7 @@ against independent sessions."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 
 from helpers import DAVIS, SYNTHETIC_LONG, synthetic_frame, synthetic_mask
@@ -82,3 +83,32 @@ def max_dprob_per_stream(batched, independent) -> dict[str, float]:
         assert [p.shape for p in batched[stream]] == [p.shape for p in independent[stream]]
     return {stream: max(float(np.abs(b - i).max()) for b, i in zip(batched[stream], independent[stream]))
             for stream in independent}
+
+
+NEAR_TIE = 1e-3  # top-2 probabilities closer than this: a label flip there is rounding noise
+
+
+def label_flips_outside_near_ties(batched, independent) -> dict[str, int]:
+    """{stream: pixels over its frames whose label differs, leaving out pixels whose top-2
+    probabilities (in either run) are within :data:`NEAR_TIE`}."""
+    def near_tie(prob: np.ndarray) -> np.ndarray:
+        top2 = np.sort(prob, axis=0)[-2:]
+        return top2[1] - top2[0] < NEAR_TIE
+
+    return {stream: sum(int(((b.argmax(0) != i.argmax(0)) & ~near_tie(b) & ~near_tie(i)).sum())
+                        for b, i in zip(batched[stream], independent[stream]))
+            for stream in independent}
+
+
+def thread_spread(load, schedule) -> float:
+    """Max |dprob| over every stream and frame of ``schedule`` between independent sessions run with 1
+    and with 2 torch threads: the rounding noise a stream's results may carry."""
+    saved = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(run_independent(load, schedule))
+    finally:
+        torch.set_num_threads(saved)
+    return max(max_dprob_per_stream(*runs).values())

@@ -15,7 +15,7 @@ from __future__ import annotations
 from importlib import metadata
 
 __version__ = metadata.version("vosrt")
-__all__ = ["load", "load_batch", "connect", "__version__"]
+__all__ = ["load", "load_batch", "connect", "register_model", "ModelSpec", "Checkpoint", "__version__"]
 
 
 def __getattr__(name: str):
@@ -27,4 +27,8 @@ def __getattr__(name: str):
         from vosrt.serving.client import connect
 
         return connect
+    if name in ("register_model", "ModelSpec", "Checkpoint"):
+        from vosrt.runtime import registry
+
+        return getattr(registry, name)
     raise AttributeError(f"module 'vosrt' has no attribute {name!r}")

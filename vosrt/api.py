@@ -20,7 +20,7 @@ from vosrt.runtime.registry import ModelSpec, model_spec
 from vosrt.runtime.session import Session
 
 if TYPE_CHECKING:
-    from vosrt.runtime.batch import BatchSession
+    from vosrt.runtime.streams import BatchSession
 
 
 def build_network(name: str, weights: str | Path | None = None) -> nn.Module:
@@ -73,11 +73,11 @@ def load(name: str, weights: str | Path | None = None, *, backend: str | None = 
 def load_batch(name: str, weights: str | Path | None = None, *, backend: str | None = None, device: str = "cpu",
                export_dir: str | Path | None = None, fp16: bool = False, amp: bool = False, cuda_graph: bool = False,
                check_files: bool = True, **options) -> BatchSession:
-    """Create a session for several videos at once (:class:`~vosrt.runtime.batch.BatchSession`):
+    """Create a session for several videos at once (:class:`~vosrt.runtime.streams.BatchSession`):
     ``batch.step({stream: frame})`` runs each stage once for all streams where their shapes allow.
     Arguments as in :func:`load`. TensorRT engines take at most the ``--max-streams`` of their
     profile in one call."""
-    from vosrt.runtime.batch import BatchSession
+    from vosrt.runtime.streams import BatchSession
 
     spec, config, runner = _backend(name, weights, backend, device, export_dir, fp16, amp, cuda_graph, check_files,
                                     options)
@@ -207,4 +207,4 @@ def _tensorrt_backend(spec: ModelSpec, config: SessionConfig, device: torch.devi
     manifest = artifacts.read_manifest(engine_dir, artifacts.ENGINE_FORMAT, check_files=check_files)
     artifacts.check_fits(manifest, spec, config, fp16, export_dir)
     config.check_engine_memory(manifest["max_mem_frames"], export_dir, static=manifest["dla_core"] is not None)
-    return TensorRTBackend(engine_dir, device, check_files=check_files)
+    return TensorRTBackend(engine_dir, device, manifest=manifest)  # read and its files hashed once, above

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vosrt import inputs, io
-from vosrt.runtime.errors import VosrtWarning
+from vosrt.runtime.geometry import VosrtWarning
 from vosrt.runtime.geometry import ALIGNMENT_RULE, alignable, mask_on_frame
 
 VOID = 255  # DAVIS: pixels of the ground truth that are scored for no object

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from vosrt import inputs
-from vosrt.runtime import outputs
-from vosrt.runtime.errors import VosrtWarning
+from vosrt.runtime import safe_write
+from vosrt.runtime.geometry import VosrtWarning
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -283,7 +283,7 @@ def _native_stderr_silenced() -> Iterator[None]:
 def overlay_video(path: str | Path, fps: float, size: tuple[int, int], palette: list[int] | None = None,
                   alpha: float = 0.5, *, overwrite: bool = True) -> Iterator["OverlayVideoWriter"]:
     """An :class:`OverlayVideoWriter` for ``path`` that writes to a fresh hidden file beside it
-    (:func:`vosrt.runtime.outputs.staged_file`): when the block completes the video is read back
+    (:func:`vosrt.runtime.safe_write.staged_file`): when the block completes the video is read back
     and, if every frame is there at its size (and, without ``overwrite``, ``path`` is still
     absent), renamed to ``path``; otherwise (or when the block raises) it is deleted and ``path``
     is left as it was."""
@@ -296,12 +296,12 @@ def overlay_video(path: str | Path, fps: float, size: tuple[int, int], palette: 
         if readable != writer.frames:
             raise OSError(f"could not write the overlay video {path}: {readable} of its {writer.frames} frames read "
                           "back (disk full?)")
-        outputs.check_still_free(path, overwrite, "--overlay")
+        safe_write.check_still_free(path, overwrite, "--overlay")
         if readable and frame_size(partial) != writer.size:
             raise OSError(f"could not write the overlay video {path}: its frames read back at {frame_size(partial)}, "
                           f"not the {writer.size} written")
 
-    with outputs.staged_file(path, check) as partial:
+    with safe_write.staged_file(path, check) as partial:
         writer = OverlayVideoWriter(partial, codecs, fps, size, palette, alpha)
         try:
             yield writer

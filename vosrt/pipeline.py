@@ -14,11 +14,11 @@ import numpy as np
 from tqdm import tqdm
 
 from vosrt import inputs, io
-from vosrt.runtime import outputs
+from vosrt.runtime import safe_write
 from vosrt.runtime.geometry import check_mask_size
 
 if TYPE_CHECKING:
-    from vosrt.runtime.batch import BatchSession
+    from vosrt.runtime.streams import BatchSession
     from vosrt.runtime.session import Session
 
 DEFAULT_FPS = 24.0
@@ -37,7 +37,7 @@ class SegmentResult:
 
 def check_outputs(source: io.FrameSource, masks: str | Path, output: str | Path | None,
                   overlay: str | Path | None, overwrite: bool) -> None:
-    """The output rules of ``vosrt segment`` (:mod:`vosrt.runtime.outputs`): something to write,
+    """The output rules of ``vosrt segment`` (:mod:`vosrt.runtime.safe_write`): something to write,
     nothing inside the input or the masks, no protected folder, and a non-empty ``output`` folder
     or an existing ``overlay`` only with ``overwrite``."""
     if output is None and overlay is None:
@@ -45,11 +45,11 @@ def check_outputs(source: io.FrameSource, masks: str | Path, output: str | Path 
     sources = (("--input", source.location), ("--masks", masks))
     if output is not None:
         inputs.check_not_dangling(output, "--output")
-        outputs.check_output_folder(output, sources, overwrite, "--output")
+        safe_write.check_folder_to_fill(output, sources, overwrite, "--output")
     if overlay is not None:
         io.OverlayVideoWriter.codecs(Path(overlay))
         inputs.check_not_dangling(overlay, "--overlay")
-        outputs.check_output_file(overlay, sources, overwrite, "--overlay")
+        safe_write.check_file_to_write(overlay, sources, overwrite, "--overlay")
 
 
 def check_distinct(output_folders: Sequence[str | Path | None], overlays: Sequence[str | Path | None]) -> None:
@@ -69,7 +69,7 @@ def check_distinct(output_folders: Sequence[str | Path | None], overlays: Sequen
 def claimed_outputs(checks: Sequence[tuple[io.FrameSource, str | Path, str | Path | None, str | Path | None]],
                     overwrite: bool) -> Iterator[None]:
     """Check the outputs of each ``(source, masks, output, overlay)`` (:func:`check_outputs`),
-    claim them for the block (:func:`vosrt.runtime.outputs.claimed`: another run naming one of
+    claim them for the block (:func:`vosrt.runtime.safe_write.claimed`: another run naming one of
     them is refused before it starts work), then check them again under the claims."""
     check_distinct([c[2] for c in checks], [c[3] for c in checks])
     for check in checks:
@@ -78,7 +78,7 @@ def claimed_outputs(checks: Sequence[tuple[io.FrameSource, str | Path, str | Pat
         for _, _, output, overlay in checks:
             for path, flag in ((output, "--output"), (overlay, "--overlay")):
                 if path is not None:
-                    claims.enter_context(outputs.claimed(path, flag))
+                    claims.enter_context(safe_write.claimed(path, flag))
         for check in checks:
             check_outputs(*check, overwrite)
         yield
@@ -255,7 +255,7 @@ def _outputs(output: str | Path | None, overlay: str | Path | None, fps: float, 
     is read back and put in place, then the PNGs are read back and moved into ``output``
     (``written.others``: the files it held that this run did not write); without ``overwrite``,
     each target is checked again first to be new or empty. When it raises, nothing is left."""
-    with (outputs.staged_folder(output) if output is not None else contextlib.nullcontext()) as staging:
+    with (safe_write.staged_folder(output) if output is not None else contextlib.nullcontext()) as staging:
         with (io.overlay_video(overlay, fps, size, palette, overwrite=overwrite) if overlay is not None
               else contextlib.nullcontext()) as video:
             def write(frame: io.Frame, labels: np.ndarray) -> None:
@@ -268,5 +268,5 @@ def _outputs(output: str | Path | None, overlay: str | Path | None, fps: float, 
         if staging is not None:
             for path in staging.iterdir():
                 io.check_label_map(path)
-            outputs.check_still_free(Path(output), overwrite, "--output")
-            written.others = outputs.move_files(staging, Path(output))
+            safe_write.check_still_free(Path(output), overwrite, "--output")
+            written.others = safe_write.move_files(staging, Path(output))

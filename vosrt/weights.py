@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vosrt.cache import cache_dir
-from vosrt.runtime import outputs
+from vosrt.runtime import safe_write
 from vosrt.runtime.artifacts import file_digest
 from vosrt.runtime.registry import Checkpoint, model_spec
 
@@ -53,7 +53,7 @@ def fetch(checkpoint: Checkpoint, progress: bool = True, check: Callable[[Path],
                 raise OSError(f"not a whole checkpoint of the official layout: {_first_line(err)}") from None
 
     try:
-        with outputs.staged_file(target, verify) as partial:
+        with safe_write.staged_file(target, verify) as partial:
             _download(checkpoint.url, partial, progress)
     except OSError as err:
         raise FileNotFoundError(

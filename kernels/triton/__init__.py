@@ -14,3 +14,7 @@ kernels in its interpreter on CPU tensors, set ``TRITON_INTERPRET=1`` before tha
 * :mod:`.joint_attention`: JointFormer's top-K joint attention.
 * :mod:`.variants`: every kernel configuration the code launches, for the offline compile check.
 """
+
+# The kernels' largest top_k, read by the dispatchers before they import a kernel (top-K buckets).
+READOUT_MAX_TOP_K = 64  # 16, 32, 64
+JOINT_ATTENTION_MAX_TOP_K = 256  # 32, 64, 128, 256

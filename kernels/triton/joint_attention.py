@@ -25,8 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..joint_attention import KERNEL_MAX_TOP_K as MAX_TOP_K
-from . import select
+from . import JOINT_ATTENTION_MAX_TOP_K as MAX_TOP_K, select
 from .tuning import TileConfig, autotuned, buffer_slots, check_dot_blocks, dot_types
 
 MIN_K_PAD = 32

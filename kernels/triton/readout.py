@@ -45,8 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..readout import KERNEL_MAX_TOP_K as MAX_TOP_K
-from . import select
+from . import READOUT_MAX_TOP_K as MAX_TOP_K, select
 from .tuning import TileConfig, autotuned, buffer_slots, check_dot_blocks, dot_types, max_registers, operand_dtype
 
 MIN_K_PAD = 16

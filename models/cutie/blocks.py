@@ -54,21 +54,6 @@ class GroupResBlock(nn.Module):
         return out + self.downsample(g)
 
 
-class _TapConv1d(nn.Conv1d):
-    """ECA's one-channel Conv1d ``[N, 1, L] -> [N, 1, L]`` (no bias) as a sum of shifted taps: the
-    same sums for any N, where CPU convolution kernels pick another algorithm for one row than for
-    several (so a lone stream would round differently from the same stream in a batch)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        pad, length = self.padding[0], x.shape[-1]
-        taps = self.weight.to(x.dtype).flatten()
-        padded = F.pad(x, (pad, pad))
-        out = padded[..., :length] * taps[0]
-        for j in range(1, taps.numel()):
-            out = out + padded[..., j:j + length] * taps[j]
-        return out
-
-
 class CAResBlock(nn.Module):
     """Residual block with ECA-style channel attention, on ``[N, C, H, W]``."""
 
@@ -78,7 +63,7 @@ class CAResBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_dim, out_dim, 3, padding=1)
         t = int((abs(math.log2(out_dim)) + 1) // 2)
         k = t if t % 2 else t + 1
-        self.conv = _TapConv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)
+        self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)
         self.downsample = nn.Identity() if in_dim == out_dim else nn.Conv2d(in_dim, out_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vosrt.kernels import topk_readout, topk_usage_reference
-from vosrt.models.common import ImageNormalization, aggregate, channel_softmax, fp32_region, per_row, to_fp32
+from vosrt.models.common import ImageNormalization, aggregate, channel_softmax, fp32_region, to_fp32
 
 from .blocks import (GConv2d, GroupFeatureFusionBlock, MaskUpsampleBlock, SensoryDeepUpdater,
                      SensoryUpdater, area_downsample, per_object)
@@ -170,9 +170,7 @@ class Cutie(nn.Module):
         h, w = key.shape[-2:]
         visual = readout_fn(key.flatten(2), selection.flatten(2), memory_key, memory_shrinkage,
                             memory_value.reshape(b, k * cv, n), memory_valid, top_k)
-        # contiguous whatever the readout's layout: a lone stream's strided view would make the convs
-        # below pick another algorithm than a batch of streams does, and round differently
-        visual = visual.view(b, k, cv, h, w).to(pix_feat.dtype).contiguous()
+        visual = visual.view(b, k, cv, h, w).to(pix_feat.dtype)
         last_mask = area_downsample(last_mask, STRIDE)
         fused = self.pixel_fuser(pix_feat, visual, sensory, last_mask)
         return self.object_transformer(fused, obj_memory)
@@ -189,6 +187,6 @@ class Cutie(nn.Module):
         """f8, f4 from :meth:`encode_image`, readout/sensory ``[B, K, C, h, w]`` ->
         new sensory ``[B, K, C, h, w]``, probabilities ``[B, K + 1, H, W]`` (background first)."""
         new_sensory, logits = self.mask_decoder(f8, f4, readout, sensory)
-        logits = aggregate(per_row(torch.sigmoid, logits), dim=1)
+        logits = aggregate(torch.sigmoid(logits), dim=1)
         logits = F.interpolate(logits, scale_factor=4.0, mode="bilinear", align_corners=False)
         return new_sensory, channel_softmax(logits)

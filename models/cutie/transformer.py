@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vosrt.models.common import aggregate, fp32_region, per_row, to_fp32
+from vosrt.models.common import aggregate, fp32_region, to_fp32
 
 from .blocks import CAResBlock, GConv2d
 
@@ -57,7 +57,7 @@ class ObjectSummarizer(nn.Module):
         value = self.input_proj(value.permute(0, 1, 3, 4, 2))
         with fp32_region(value):
             value = to_fp32(value + self.pos_enc(h, w).to(value.dtype))
-            weights = per_row(torch.sigmoid, self.weights_pred(value)) * to_fp32(allowed)  # [B, K, h, w, Q]
+            weights = self.weights_pred(value).sigmoid() * to_fp32(allowed)  # [B, K, h, w, Q]
             feature = self.feature_pred(value)  # [B, K, h, w, C]
             sums = torch.einsum("bkhwq,bkhwc->bkqc", weights, feature)
             area = weights.flatten(2, 3).sum(2).unsqueeze(-1)
@@ -201,7 +201,7 @@ class QueryTransformer(nn.Module):
         The first half of the queries may only look at the object's (aggregated) foreground
         pixels, the second half only at the rest; a query with nothing to look at sees everything.
         """
-        agg = aggregate(per_row(torch.sigmoid, logits), dim=1)
+        agg = aggregate(logits.sigmoid(), dim=1)
         foreground = agg[:, 1:] >= agg.max(dim=1, keepdim=True)[0]  # [B, K, hw]
         half = self.num_queries // 2
         blocked = torch.cat([(~foreground).unsqueeze(2).expand(-1, -1, half, -1),

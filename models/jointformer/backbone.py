@@ -13,13 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vosrt.models.common import on_row_copies
-
 from .conv_stages import ConvBlock, PatchEmbed
+from .topk import JOINT_BLOCKS
 from .vit import LAYER_NORM_EPS, JointBlock
 
 EMBED_DIMS = (256, 384, 768)
-DEPTHS = (2, 2, 11)
+DEPTHS = (2, 2, JOINT_BLOCKS)
 PATCH_SIZES = (4, 2, 2)
 NUM_HEADS = 12
 PRETRAIN_GRID = 24  # positional embedding grid of the pre-training size (384 / 16)
@@ -83,4 +82,4 @@ class ConvViT(nn.Module):
         ``projection`` with positional embeddings: (``[K, 1, C]``, ``[K, h*w, C]``)."""
         h, w = feature.shape[-2:]
         tokens = projection(feature.flatten(2).transpose(1, 2)) + self.grid_pos_embed(h, w)
-        return on_row_copies(projection, summary) + self.summary_pos_embed(), tokens
+        return projection(summary) + self.summary_pos_embed(), tokens

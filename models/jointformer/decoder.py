@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vosrt.models.common import on_row_copies, per_row
-
 
 class ResBlock(nn.Module):
     """Pre-activation residual block; a 3x3 convolution matches channels on the skip path."""
@@ -45,9 +43,8 @@ class ChannelGate(nn.Module):
                                  nn.Linear(channels // reduction, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mlp = self.mlp[1:]  # the Flatten would merge the row copies
-        scores = on_row_copies(mlp, x.mean(dim=(2, 3))[:, None]) + on_row_copies(mlp, x.amax(dim=(2, 3))[:, None])
-        return x * torch.sigmoid(scores)[:, 0, :, None, None]
+        scores = self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3)))
+        return x * torch.sigmoid(scores)[:, :, None, None]
 
 
 class SpatialGate(nn.Module):
@@ -59,7 +56,7 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
-        return x * per_row(torch.sigmoid, self.spatial.conv(pooled))
+        return x * torch.sigmoid(self.spatial.conv(pooled))
 
 
 class CBAM(nn.Module):

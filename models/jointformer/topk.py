@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEPTH = 11  # joint blocks of the ConvMAE backbone (``blocks3``)
+JOINT_BLOCKS = 11  # joint blocks of the ConvMAE backbone (``blocks3``)
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class TopKConfig:
         if self.topk_block not in TOPK_BLOCKS:
             raise ValueError(f"topk_block must be one of {TOPK_BLOCKS}, got {self.topk_block!r}")
 
-    def filtered_blocks(self, depth: int = DEPTH) -> range:
+    def filtered_blocks(self, depth: int = JOINT_BLOCKS) -> range:
         """Indices of the joint blocks that apply the top-K filter."""
         return {"all_blocks": range(depth), "last_block": range(depth - 1, depth),
                 "half": range(depth // 2, depth), "None": range(0)}[self.topk_block]

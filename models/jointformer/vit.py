@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vosrt.kernels import topk_joint_attention
-from vosrt.models.common import on_row_copies, per_row
 
 from .topk import TopK
 
@@ -51,11 +50,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``[B, N, C]`` -> q, k, v ``[B, Hd, N, C / Hd]``, each contiguous: a matmul folds a permuted view's
-        batch and head axes without a copy only when B is 1, and the strided product rounds differently,
-        so a lone stream would differ from the same stream in a batch."""
+        """``[B, N, C]`` -> q, k, v ``[B, Hd, N, C / Hd]``."""
         b, n, c = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).contiguous()
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,13 +64,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """Plain scaled dot-product attention ``[B, Hd, N, D]`` (scale 1 / sqrt(D)); ``mask``: bool,
     broadcastable to the scores, False = not attended."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """:func:`attend` for one query per head, q ``[B, Hd, 1, D]``, as explicit products: for so short a
-    query PyTorch's CPU kernel splits the keys over threads depending on B, so one stream alone would
-    round differently from the same stream in a batch of streams."""
-    return ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1) @ v
 
 
 class JointBlock(nn.Module):
@@ -105,12 +95,12 @@ class JointBlock(nn.Module):
         """
         q, k, v = self.attn.heads(self.norm1(torch.cat([summary, tokens], dim=1)))
         if summary_topk is None:
-            summary_out = attend_one(q[:, :, :1], k, v)
+            summary_out = attend(q[:, :, :1], k, v)
         else:
             summary_out = topk_joint_attention(q[:, :, :1], k[:, :, :1], v[:, :, :1], k[:, :, 1:], v[:, :, 1:],
                                                None, summary_topk.k)
         token_k, token_v = k[:, :, 1:], v[:, :, 1:]
-        new_summary = on_row_copies(lambda s, out: self._finish(s, self.attn.merge(out)), summary, summary_out)
+        new_summary = self._finish(summary, self.attn.merge(summary_out))
         if update_tokens:
             tokens = self._finish(tokens, self.attn.merge(attend(q[:, :, 1:], token_k, token_v)))
         return new_summary, tokens, token_k, token_v
@@ -138,7 +128,7 @@ class JointBlock(nn.Module):
         the summary's attention output is its own normalised input (as in the official block)."""
         normed = self.norm1(torch.cat([summary, tokens], dim=1))
         q, k, v = self.attn.heads(normed)
-        gate = per_row(torch.sigmoid, (q[:, :, 1:] @ k[:, :, :1].transpose(-2, -1)) * q.shape[-1] ** -0.5)
+        gate = torch.sigmoid((q[:, :, 1:] @ k[:, :, :1].transpose(-2, -1)) * q.shape[-1] ** -0.5)
         x = torch.cat([summary, tokens], dim=1)
         x = self._finish(x, torch.cat([normed[:, :1], self.attn.merge(gate @ v[:, :, :1])], dim=1))
         return x[:, :1], x[:, 1:]

@@ -123,16 +123,18 @@ class TensorRTBackend(Backend):
     engines in ``tensorrt/``; see :func:`vosrt.export.tensorrt.build_engines`) on a CUDA device.
 
     ``environment``: what to check the engines against (default: this machine's TensorRT and
-    GPU); a mismatch raises RuntimeError before any engine is deserialised.
+    GPU); a mismatch raises RuntimeError before any engine is deserialised. ``manifest``: the
+    engine directory's manifest when the caller has read (and checked) it already.
     """
 
     def __init__(self, directory: str | Path, device: torch.device | str = "cuda",
-                 environment: TensorRTEnvironment | None = None, *, check_files: bool = True):
+                 environment: TensorRTEnvironment | None = None, *, check_files: bool = True,
+                 manifest: dict | None = None):
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError("backend='tensorrt' runs on an NVIDIA GPU: pass device='cuda'")
         engine_dir = self.directory = engine_directory(directory)
-        self.manifest = read_manifest(engine_dir, ENGINE_FORMAT, check_files=check_files)
+        self.manifest = manifest or read_manifest(engine_dir, ENGINE_FORMAT, check_files=check_files)
         trt = import_tensorrt("backend='tensorrt' needs")
         check_compatible(self.manifest, environment or TensorRTEnvironment.current(self.device), engine_dir)
         register_custom_ops(self.manifest)

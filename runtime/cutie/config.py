@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vosrt.runtime.config import SessionConfig
+from vosrt.runtime.config import SessionConfig, option
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,16 @@ class CutieSessionConfig(SessionConfig):
     """Cutie's settings. ``max_mem_frames`` sizes the working memory without long-term memory;
     with ``use_long_term`` the ``long_term_*`` fields are the official ``long_term`` section."""
 
-    stagger_updates: int = 5
-    chunk_size: int = -1
-    use_long_term: bool = False
-    long_term_max_mem_frames: int = 10
-    long_term_min_mem_frames: int = 5
-    long_term_num_prototypes: int = 128
-    long_term_max_num_tokens: int = 10000
-    long_term_buffer_tokens: int = 2000
-    long_term_count_usage: bool = True
+    stagger_updates: int = option(5, "sensory updates between two memory frames")
+    chunk_size: int = option(-1, "objects read from memory together (-1: all)")
+    use_long_term: bool = option(False, "long-term memory (official 'generic' setting) for long videos; bounded memory")
+    long_term_max_mem_frames: int = option(10, "working memory frames with long-term memory")
+    long_term_min_mem_frames: int = option(5, "working memory frames kept after a consolidation")
+    long_term_num_prototypes: int = option(128, "long-term prototypes per consolidation")
+    long_term_max_num_tokens: int = option(10000, "long-term memory size in tokens")
+    long_term_buffer_tokens: int = option(2000, "long-term tokens freed beyond the next prototypes when full")
+    long_term_count_usage: bool = option(True, "do not count the usage of long-term tokens (eviction then keeps the "
+                                               "newest)", flag="--no-long-term-usage")
 
     def __post_init__(self) -> None:
         super().__post_init__()

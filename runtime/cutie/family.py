@@ -1,6 +1,6 @@
 """Cutie as a model family: its five stages, their top-K formulations, and its session.
 
-Symbols (besides the dynamic ones of :mod:`vosrt.runtime.stages`): ``C`` pixel/embedding
+Symbols (besides the frame symbols of :mod:`vosrt.runtime.stages`): ``N`` memory tokens, ``C`` pixel/embedding
 channels, ``Ck`` key channels, ``Cv`` value channels, ``Cs`` sensory channels, ``Q`` object
 queries, ``C8``/``C4`` skip-feature channels. Every tensor has the stream axis ``B`` first (the
 network's batch): a call for several streams stacks their frames, or for the memory stages one
@@ -65,8 +65,8 @@ _TOPK = {
 
 
 class CutieFamily(ModelFamily):
-    name = "cutie"
     stages = STAGES
+    memory_symbol = "N"
     session_type = CutieSession
     # Cutie's fp32 parts are the model's own fp32 regions (the top-K readout and usage, sensory
     # updates, object summaries, final logits and soft aggregation), which every fp16 graph keeps.

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..batching import StageBatcher
-from ..buckets import select_rows, read_windows, write_rows
+from ..stage_batcher import StageBatcher
+from ..buckets import select_rows, write_rows
 from ..session import Frame, Session
 from .config import CutieSessionConfig
 from .memory import MemoryStore
@@ -32,43 +32,27 @@ class CutieSession(Session):
         self._sensory: torch.Tensor | None = None  # [1, K, C, h, w]
         self._readout: torch.Tensor | None = None  # [1, K, C, h, w], rewritten by every readout
         self._obj_memory: torch.Tensor | None = None  # [1, K, Q, C + 1]
-        self._last_mask: torch.Tensor | None = None  # [1, K, H, W]
 
     @property
     def _has_memory(self) -> bool:
         return self._memory.engaged
 
     @classmethod
-    def _step_streams(cls, steps: Sequence[tuple["CutieSession", Frame]], batcher: StageBatcher) -> list[torch.Tensor]:
-        features = batcher.run("image_encoder", [(s, {"image": frame.image}) for s, frame in steps])
-        propagating = [i for i, (s, frame) in enumerate(steps) if s._propagates(frame)]
-        prob: list[torch.Tensor | None] = [None] * len(steps)
-        for i, p in zip(propagating, cls._segment([(*steps[i], features[i]) for i in propagating], batcher)):
-            prob[i] = p
-        for i, (s, frame) in enumerate(steps):
-            if frame.labels is not None:
-                prob[i] = s._merge_mask(prob[i], frame.labels, frame.objects)
-                s._register(s.objects.add(frame.objects), frame.labels.shape)
-            s._last_mask = prob[i][1:].unsqueeze(0).clone()  # not a backend's output buffer: another stream reuses it
-        cls._add_memory([(s, frame, features[i]) for i, (s, frame) in enumerate(steps) if frame.memorise], batcher)
-        return prob
+    def _encode(cls, steps: Sequence[tuple["CutieSession", Frame]], batcher: StageBatcher) -> list[dict]:
+        """Every frame's image features (the readout's query and the memory's key)."""
+        return batcher.run("image_encoder", [(s, {"image": frame.image}) for s, frame in steps])
 
     def _memory_tokens(self, frame_tokens: int) -> int:
         long_term = self.config.long_term_max_num_tokens if self.config.use_long_term else 0
         return self.config.memory_frames * frame_tokens + long_term
 
-    def _propagates(self, frame: Frame) -> bool:
-        """Whether ``frame`` needs a prediction: it has no mask, or its mask leaves tracked objects out."""
-        tracked = set(self.objects.ids)
-        return frame.labels is None or (bool(tracked) and set(frame.objects) != tracked)
-
     def _keep_rows(self, rows: list[int], removed: list[int]) -> None:
         self._memory.remove_objects(removed)
-        self._sensory, self._obj_memory, self._last_mask, self._readout = (
-            t[:, rows] for t in (self._sensory, self._obj_memory, self._last_mask, self._readout))
+        self._sensory, self._obj_memory, self._readout = (
+            t[:, rows] for t in (self._sensory, self._obj_memory, self._readout))
 
     @classmethod
-    def _segment(cls, streams: list[tuple["CutieSession", Frame, dict[str, torch.Tensor]]],
+    def _predict(cls, streams: list[tuple["CutieSession", Frame, dict[str, torch.Tensor]]],
                  batcher: StageBatcher) -> list[torch.Tensor]:
         """Memory readout + decoding of the objects already in memory -> per stream ``[K + 1, H, W]``."""
         cls._read_memory([(s, features) for s, _, features in streams], batcher)
@@ -88,7 +72,7 @@ class CutieSession(Session):
         if not reads:
             return
         session = streams[0][0]
-        windows = read_windows([bucket for _, _, bucket in reads], session.config.top_k, session.backend.fixed_shapes)
+        windows = batcher.memory_windows([bucket for _, _, bucket in reads], session.config.top_k)
         memory = [dict(memory_key=bucket.key[:, :, tokens], memory_shrinkage=bucket.shrinkage[:, :, tokens],
                        memory_valid=bucket.valid[:, tokens]) for (_, _, bucket), tokens in zip(reads, windows)]
         queries = [{name: features[name] for name in ("key", "selection")} for _, features, _ in reads]
@@ -102,7 +86,7 @@ class CutieSession(Session):
         readouts = batcher.run("memory_readout", [
             (s, query | dict(pix_feat=features["pix_feat"], sensory=select_rows(s._sensory, rows, 1),
                              memory_value=bucket.value[:, start:start + len(rows), :, tokens],
-                             last_mask=select_rows(s._last_mask, rows, 1), obj_memory=select_rows(s._obj_memory, rows, 1)))
+                             last_mask=select_rows(s._last_masks[None], rows, 1), obj_memory=select_rows(s._obj_memory, rows, 1)))
             for s, features, bucket, tokens, query, rows, start in parts])
         for (s, _, _, _, _, rows, _), outputs in zip(parts, readouts):
             write_rows(s._readout, rows, 1, outputs["readout"].to(s._readout.dtype))  # fp16 under autocast
@@ -111,25 +95,23 @@ class CutieSession(Session):
         """Objects of ``bucket`` read from memory in one call (``chunk_size``; all without it)."""
         return self.config.chunk_size if self.config.chunk_size > 0 else len(bucket.object_ids)
 
-    def _register(self, new_objects: list[int], size: torch.Size) -> None:
+    def _register_objects(self, new_objects: list[int]) -> None:
         """Zero sensory, object memory and readout rows for newly tracked objects."""
         if not new_objects:
             return
-        architecture, k, device = self.backend.architecture, len(new_objects), self.backend.device
-        h, w = size[0] // 16, size[1] // 16
-        sensory = torch.zeros(1, k, architecture["sensory_dim"], h, w, device=device)
-        obj_memory = torch.zeros(1, k, architecture["num_queries"], architecture["embed_dim"] + 1, device=device)
-        readout = torch.zeros(1, k, architecture["embed_dim"], h, w, device=device)
+        k = len(new_objects)
+        sensory, readout = self._new_state("mask_decoder", "sensory", k), self._new_state("mask_decoder", "readout", k)
+        obj_memory = self._new_state("memory_readout", "obj_memory", k)
         self._sensory, self._obj_memory, self._readout = (
             new if old is None else torch.cat([old, new], 1)
             for old, new in ((self._sensory, sensory), (self._obj_memory, obj_memory), (self._readout, readout)))
 
     @classmethod
-    def _add_memory(cls, streams: list[tuple["CutieSession", Frame, dict[str, torch.Tensor]]],
-                    batcher: StageBatcher) -> None:
+    def _memorise(cls, streams: list[tuple["CutieSession", Frame, dict[str, torch.Tensor]]],
+                  batcher: StageBatcher) -> None:
         """Encode each stream's frame with its last masks and memorise it."""
         encoded = batcher.run("mask_encoder", [
-            (s, dict(image=frame.image, pix_feat=features["pix_feat"], sensory=s._sensory, masks=s._last_mask))
+            (s, dict(image=frame.image, pix_feat=features["pix_feat"], sensory=s._sensory, masks=s._last_masks[None]))
             for s, frame, features in streams])
         for (s, _, features), outputs in zip(streams, encoded):
             s._memory.add(features["key"], features["shrinkage"], features["selection"], outputs["mask_value"],

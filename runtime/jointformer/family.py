@@ -1,7 +1,7 @@
 """JointFormer as a model family: its four stages, the top-K formulations of the joint blocks,
 and its session.
 
-Symbols (besides the dynamic ones of :mod:`vosrt.runtime.stages`): ``Dm`` token channels,
+Symbols (besides the frame symbols of :mod:`vosrt.runtime.stages`): ``M`` cached tokens, ``Dm`` token channels,
 ``L`` joint blocks, ``Hd`` heads of ``D`` channels, ``C8``/``C4`` skip-feature channels.
 The per-block reference keys/values (``[L, K, Hd, M, D]``) are what the session caches.
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from vosrt import kernels
 from vosrt.kernels import custom_ops
+from vosrt.models.jointformer.backbone import DEPTHS, EMBED_DIMS, NUM_HEADS
 from vosrt.models.jointformer.model import JointFormer
 from vosrt.models.jointformer.topk import TopKConfig
 
@@ -53,8 +54,8 @@ _ATTENTION = {"eager": kernels.topk_joint_attention, "graph": kernels.topk_joint
 
 
 class JointFormerFamily(ModelFamily):
-    name = "jointformer"
     stages = STAGES
+    memory_symbol = "M"
     session_type = JointFormerSession
     # Every attention's scores from their q.k MatMul on (the top-K and the softmax over [current-frame ;
     # kept reference] scores), and the soft aggregation from the decoder's last conv on; q, k and the
@@ -83,7 +84,8 @@ class JointFormerFamily(ModelFamily):
                 "enhance_block_depth": len(network.convmae.blocks5)}
 
     def sizes(self, architecture: Mapping[str, Any]) -> dict[str, int]:
-        return {"Dm": 768, "L": 11, "Hd": 12, "D": 64, "C8": 384, "C4": 256}
+        c4, c8, dm = EMBED_DIMS
+        return {"Dm": dm, "L": DEPTHS[2], "Hd": NUM_HEADS, "D": dm // NUM_HEADS, "C8": c8, "C4": c4}
 
     def stage_options(self, settings: Mapping[str, Any], formulation: str) -> dict[str, dict]:
         topk = TopKConfig(**settings)

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..batching import StageBatcher
-from ..buckets import read_windows, write_rows
+from ..stage_batcher import StageBatcher
+from ..buckets import write_rows
 from ..session import Frame, Session
 from .config import JointFormerSessionConfig
 from .reference_cache import ReferenceCache
@@ -36,59 +36,43 @@ class JointFormerSession(Session):
     def _has_memory(self) -> bool:
         return self._cache.engaged
 
-    @classmethod
-    def _step_streams(cls, steps: Sequence[tuple["JointFormerSession", Frame]],
-                      batcher: StageBatcher) -> list[torch.Tensor]:
-        segmenting = [i for i, (s, frame) in enumerate(steps) if s._segments(frame)]
-        prob: list[torch.Tensor | None] = [None] * len(steps)
-        for i, p in zip(segmenting, cls._segment([steps[i] for i in segmenting], batcher)):
-            prob[i] = p
-        for i, (s, frame) in enumerate(steps):
-            if frame.labels is not None:
-                prob[i] = s._merge_mask(prob[i], frame.labels, frame.objects)
-                s._register(s.objects.add(frame.objects))
-        cls._memorise([(s, frame, prob[i][1:]) for i, (s, frame) in enumerate(steps)
-                       if (frame.memorise or s.config.include_last) and not frame.last], batcher)
-        return prob
-
     def _memory_tokens(self, frame_tokens: int) -> int:
         """The cache slots of every joint block, and the frame's own tokens (joint attention)."""
         return (ReferenceCache.slot_count(self.config.max_mem_frames, self.config.include_last) + 1) * frame_tokens
 
-    def _segments(self, frame: Frame) -> bool:
-        """Whether ``frame`` needs a prediction: there is memory, and the frame has no mask for every tracked object."""
-        covers_all = frame.labels is not None and set(self.objects.ids) <= set(frame.objects)
-        return self._cache.engaged and not covers_all
+    def _memorises(self, frame: Frame) -> bool:
+        """Memory frames, and with ``include_last`` every other frame but the video's last."""
+        return (frame.memorise or self.config.include_last) and not frame.last
 
     def _keep_rows(self, rows: list[int], removed: list[int]) -> None:
         self._cache.remove_objects(removed)
         self._summary = self._summary[rows]
 
     @classmethod
-    def _segment(cls, steps: list[tuple["JointFormerSession", Frame]], batcher: StageBatcher) -> list[torch.Tensor]:
+    def _predict(cls, steps: list[tuple["JointFormerSession", Frame, None]], batcher: StageBatcher) -> list[torch.Tensor]:
         """Propagate every bucket's objects, decode each stream's objects together -> per stream
         ``[K + 1, H, W]``; updates the compressed-memory tokens."""
         if not steps:
             return []
-        queries = batcher.run("query_encoder", [(s, {"image": frame.image}) for s, frame in steps])
-        reads = [(s, query["tokens"], bucket) for (s, _), query in zip(steps, queries) for bucket in s._cache.buckets]
+        queries = batcher.run("query_encoder", [(s, {"image": frame.image}) for s, frame, _ in steps])
+        reads = [(s, query["tokens"], bucket) for (s, _, _), query in zip(steps, queries) for bucket in s._cache.buckets]
         session = steps[0][0]
-        windows = read_windows([bucket for _, _, bucket in reads], session.config.top_k, session.backend.fixed_shapes)
+        windows = batcher.memory_windows([bucket for _, _, bucket in reads], session.config.top_k)
         propagated = batcher.run("joint_propagation", [
             (s, dict(tokens=tokens.expand(len(bucket.object_ids), -1, -1), ref_keys=bucket.keys[:, :, :, read],
                      ref_values=bucket.values[:, :, :, read], ref_valid=bucket.valid[:, read]))
             for (s, tokens, bucket), read in zip(reads, windows)])
         f16 = {s: torch.empty(len(s.objects), *query["tokens"].shape[1:], device=query["tokens"].device,
-                              dtype=query["tokens"].dtype) for (s, _), query in zip(steps, queries)}
+                              dtype=query["tokens"].dtype) for (s, _, _), query in zip(steps, queries)}
         for (s, _, bucket), outputs in zip(reads, propagated):
             write_rows(f16[s], s.objects.rows(bucket.object_ids), 0, outputs["f16"])
         decoded = batcher.run("decoder", [(s, dict(f16=f16[s], f8=query["f8"], f4=query["f4"], summary=s._summary))
-                                          for (s, _), query in zip(steps, queries)])
-        for (s, _), outputs in zip(steps, decoded):
+                                          for (s, _, _), query in zip(steps, queries)])
+        for (s, _, _), outputs in zip(steps, decoded):
             s._summary = outputs["new_summary"].clone()  # a backend may reuse its output buffer
         return [outputs["prob"][0] for outputs in decoded]
 
-    def _register(self, new_objects: list[int]) -> None:
+    def _register_objects(self, new_objects: list[int]) -> None:
         """Append the initial compressed-memory token for newly tracked objects."""
         if not new_objects:
             return
@@ -96,10 +80,10 @@ class JointFormerSession(Session):
         self._summary = summary.clone() if self._summary is None else torch.cat([self._summary, summary])
 
     @classmethod
-    def _memorise(cls, streams: list[tuple["JointFormerSession", Frame, torch.Tensor]], batcher: StageBatcher) -> None:
+    def _memorise(cls, streams: list[tuple["JointFormerSession", Frame, None]], batcher: StageBatcher) -> None:
         """Encode each stream's frame with its masks ``[K, H, W]`` into cache entries."""
         encoded = batcher.run("reference_encoder", [
-            (s, dict(image=frame.image, masks=masks[None], summary=s._summary)) for s, frame, masks in streams])
+            (s, dict(image=frame.image, masks=s._last_masks[None], summary=s._summary)) for s, frame, _ in streams])
         for (s, frame, _), outputs in zip(streams, encoded):
             s._cache.add(outputs["ref_keys"], outputs["ref_values"], s.objects.ids, frame.memorise)
             s._summary = outputs["new_summary"].clone()

@@ -8,7 +8,7 @@ import torch
 import vosrt
 from helpers import GPU_MAX_DPROB
 from stream_clips import max_dprob_per_stream, run_batched, run_independent, shapes_clip, stream_schedule
-from vosrt.runtime.batching import StageBatcher
+from vosrt.runtime.stage_batcher import StageBatcher
 from vosrt.runtime.session import step_sessions
 
 pytestmark = pytest.mark.gpu

@@ -1,5 +1,5 @@
 """The layering of the code folders: kernels <- models <- runtime <- export <- vosrt (each may
-import only the folders before it), and what must not import torch."""
+import only the folders before it), no import cycle between files, and what must not import torch."""
 from __future__ import annotations
 
 import ast
@@ -63,6 +63,77 @@ def test_the_layering_check_sees_upward_imports():
     found = _imports("def f():\n    from vosrt.runtime import stages\n", "vosrt.kernels.probe")
     assert "vosrt.runtime.stages" in found and _layer("vosrt.runtime") > _layer("vosrt.kernels.probe")
     assert _imports("from ...export import onnx\n", "vosrt.runtime.cutie.probe") >= {"vosrt.export.onnx"}
+
+
+def _module_files() -> dict[str, Path]:
+    return {_module_name(path): path for folder in LAYERS for path in sorted((ROOT / folder).rglob("*.py"))}
+
+
+def _file_imports(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """{module: the modules of this repository it imports when it runs}: ``from package import name``
+    imports the module ``name`` where that is a file, else the package; imports under
+    ``if TYPE_CHECKING:`` are for annotations only and do not count."""
+    graph = {}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                node.body = []
+        package = (module if path.name == "__init__.py" else module.rsplit(".", 1)[0]).split(".")
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                parent = package[:len(package) - node.level + 1] if node.level else []
+                base = ".".join(parent + ([node.module] if node.module else []))
+                submodules = {f"{base}.{alias.name}" for alias in node.names} & set(modules)
+                found |= submodules or {base}
+        graph[module] = {name for name in found if name in modules and name != module}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph`` (each as the modules along it), one per strongly connected
+    group of modules (Tarjan's algorithm)."""
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycle_between_files():
+    """Inside functions too: a file that imports another which imports it back is one unit split in two."""
+    cycles = import_cycles(_file_imports(_module_files()))
+    assert not cycles, "\n".join(" <-> ".join(cycle) for cycle in cycles)
+
+
+def test_the_cycle_check_sees_cycles():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
 
 
 @pytest.mark.parametrize("code", [

@@ -1,4 +1,4 @@
-"""The output rules (:mod:`vosrt.runtime.outputs`), label-map palettes, the overlay's codec and the
+"""The output rules (:mod:`vosrt.runtime.safe_write`), label-map palettes, the overlay's codec and the
 official mask alignment, piece by piece (``test_bad_inputs.py`` runs them through the commands)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from vosrt import io
-from vosrt.runtime import outputs
-from vosrt.runtime.errors import VosrtWarning
+from vosrt.runtime import safe_write
+from vosrt.runtime.geometry import VosrtWarning
 from vosrt.runtime.geometry import alignable, check_mask_size, mask_on_frame
 
 
@@ -21,11 +21,11 @@ def test_protected_folders(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
     for path, why in ((".", "the current folder"), ("..", "a parent of the current folder"), ("/", "a parent")):
         with pytest.raises(ValueError, match=why):
-            outputs.check_not_protected(path, "--output")
+            safe_write.check_not_protected(path, "--output")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(ValueError, match="a parent of the current folder"):
-        outputs.check_not_protected(tmp_path / "home", "--output")
-    outputs.check_not_protected("new-folder", "--output")  # below the current folder: fine
+        safe_write.check_not_protected(tmp_path / "home", "--output")
+    safe_write.check_not_protected("new-folder", "--output")  # below the current folder: fine
 
 
 def test_replaced_folder_keeps_the_old_one_when_the_block_fails(tmp_path):
@@ -33,7 +33,7 @@ def test_replaced_folder_keeps_the_old_one_when_the_block_fails(tmp_path):
     target.mkdir()
     (target / "manifest.json").write_text('{"format": "vosrt-onnx/2"}')
     with pytest.raises(RuntimeError, match="boom"):
-        with outputs.replaced_folder(target, lambda _: True, "output", "a vosrt export") as staging:
+        with safe_write.replaced_folder(target, lambda _: True, "output", "a vosrt export") as staging:
             (staging / "half.onnx").write_bytes(b"half")
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
@@ -44,11 +44,11 @@ def test_replaced_folder_swaps_in_a_0755_folder(tmp_path):
     target = tmp_path / "export"
     target.mkdir()
     (target / "old.onnx").write_bytes(b"old")
-    with outputs.replaced_folder(target, lambda _: True, "output", "a vosrt export") as staging:
+    with safe_write.replaced_folder(target, lambda _: True, "output", "a vosrt export") as staging:
         (staging / "new.onnx").write_bytes(b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     assert [p.name for p in target.iterdir()] == ["new.onnx"]
-    assert target.stat().st_mode & 0o777 == outputs.folder_mode() == 0o777 & ~_umask()
+    assert target.stat().st_mode & 0o777 == safe_write.folder_mode() == 0o777 & ~_umask()
 
 
 def _umask() -> int:
@@ -65,18 +65,18 @@ def test_staged_file_is_renamed_only_when_its_check_passes(tmp_path):
         raise OSError("reads back wrong")
 
     with pytest.raises(OSError, match="reads back wrong"):
-        with outputs.staged_file(target, refuse) as partial:
+        with safe_write.staged_file(target, refuse) as partial:
             partial.write_text("after")
     assert target.read_text() == "before" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
-    outputs.write_text(target, "after")
-    assert target.read_text() == "after" and target.stat().st_mode & 0o777 == outputs.file_mode()
+    safe_write.write_text(target, "after")
+    assert target.read_text() == "after" and target.stat().st_mode & 0o777 == safe_write.file_mode()
 
 
 def test_staged_file_ignores_a_planted_link_at_the_old_fixed_name(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     (tmp_path / ".out.json.partial").symlink_to(victim)
-    outputs.write_text(tmp_path / "out.json", "{}")
+    safe_write.write_text(tmp_path / "out.json", "{}")
     assert victim.read_text() == "keep me" and (tmp_path / "out.json").read_text() == "{}"
 
 
@@ -146,30 +146,30 @@ def _dead_process_tag() -> str:
     import sys
 
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return f"{child.stdout.strip()}@{outputs.owner().partition('@')[2]}"
+    return f"{child.stdout.strip()}@{safe_write.owner().partition('@')[2]}"
 
 
 def test_a_claim_refuses_a_second_claim_and_goes_with_its_run(tmp_path):
     target = tmp_path / "new" / "out"
-    with outputs.claimed(target, "--output"):
+    with safe_write.claimed(target, "--output"):
         claim = tmp_path / "new" / ".out.vosrt-claim"
-        assert claim.read_text().strip() == outputs.owner()
+        assert claim.read_text().strip() == safe_write.owner()
         (tmp_path / "other").mkdir()
-        (tmp_path / "other" / ".out.vosrt-claim").write_text(f"1@{outputs.owner().partition('@')[2]}\n")  # init: alive
+        (tmp_path / "other" / ".out.vosrt-claim").write_text(f"1@{safe_write.owner().partition('@')[2]}\n")  # init: alive
         with pytest.raises(FileExistsError, match="being written by another vosrt run"):
-            with outputs.claimed(tmp_path / "other" / "out", "--output"):
+            with safe_write.claimed(tmp_path / "other" / "out", "--output"):
                 pass
     assert not (tmp_path / "new").exists()  # the claim and the folder made for it are gone
 
 
 def test_a_claim_of_a_process_that_ended_is_taken_over(tmp_path):
     (tmp_path / ".out.vosrt-claim").write_text(_dead_process_tag() + "\n")
-    with outputs.claimed(tmp_path / "out", "--output"):
-        assert (tmp_path / ".out.vosrt-claim").read_text().strip() == outputs.owner()
+    with safe_write.claimed(tmp_path / "out", "--output"):
+        assert (tmp_path / ".out.vosrt-claim").read_text().strip() == safe_write.owner()
 
 
 def test_staging_of_a_process_that_ended_is_removed_by_the_next_run(tmp_path):
-    dead, old = _dead_process_tag(), 2 * outputs.STALE_SECONDS
+    dead, old = _dead_process_tag(), 2 * safe_write.STALE_SECONDS
     left = tmp_path / f".out.{dead}.abcdefgh.partial"
     (left / "sub").mkdir(parents=True)
     remote = tmp_path / ".out.7@elsewhere.abcdefgh.partial"
@@ -179,7 +179,7 @@ def test_staging_of_a_process_that_ended_is_removed_by_the_next_run(tmp_path):
     os.utime(remote, (remote.stat().st_atime - old, remote.stat().st_mtime - old))
     users = tmp_path / ".out.mine.partial"  # no owner tag: not vosrt's name, left alone
     users.write_text("keep")
-    with outputs.staged_folder(tmp_path / "out") as staging:
-        assert outputs.owner() in staging.name
+    with safe_write.staged_folder(tmp_path / "out") as staging:
+        assert safe_write.owner() in staging.name
     assert not left.exists() and not remote.exists()
     assert fresh_remote.exists() and users.read_text() == "keep"

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from vosrt.api import load, load_batch, resolve_device
 from vosrt.runtime.artifacts import vosrt_version
 from vosrt.runtime.backends.base import Backend, BackendWrapper
-from vosrt.runtime.batch import BatchSession
+from vosrt.runtime.streams import BatchSession
 from vosrt.runtime.registry import MODELS
 from vosrt.runtime.session import Session
 from vosrt.runtime.stages import StageSpec

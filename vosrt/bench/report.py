@@ -56,10 +56,10 @@ def plot(report: dict, path: str | Path) -> None:
     """:func:`figure` written as a PNG through a staged file (complete or not at all)."""
     import matplotlib.pyplot as plt
 
-    from vosrt.runtime import outputs
+    from vosrt.runtime import safe_write
 
     fig = figure(report)
-    with outputs.staged_file(path) as partial:
+    with safe_write.staged_file(path) as partial:
         fig.savefig(partial, dpi=120, format="png")
     plt.close(fig)
 

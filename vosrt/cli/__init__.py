@@ -14,8 +14,8 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-from vosrt.runtime.errors import VosrtWarning
-from vosrt.runtime.outputs import Terminated, sigterm_as_interrupt
+from vosrt.runtime.geometry import VosrtWarning
+from vosrt.runtime.safe_write import Terminated, sigterm_as_interrupt
 
 from . import bench, cache, doctor, evaluation, export, inspect, segment, serving, verify
 

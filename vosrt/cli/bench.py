@@ -9,7 +9,7 @@ from pathlib import Path
 from vosrt.bench.settings import BENCH_BACKENDS, BenchSettings, passive_openmp_threads
 from vosrt.runtime.registry import MODEL_NAMES
 
-from .options import FLAGS, add_inference_options, argument, inference_options, parse_counts, parse_resolution
+from .options import add_inference_options, argument, inference_options, option_fields, parse_counts, parse_resolution
 
 
 def add_parser(sub) -> None:
@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
                    help="with --streams: the streams on this Triton server (a repository of vosrt export-triton) "
                         "beside the same streams in-process (--backends' first, the options given here: give those "
                         "of the repository); frames/s, latency p50/p99 and the batches the server formed")
-    add_inference_options(p, set(FLAGS) - {"max_mem_frames"})
+    add_inference_options(p, option_fields() - {"max_mem_frames"})
     p.set_defaults(run=run)
 
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
     omp_wait_policy = passive_openmp_threads()  # before torch loads
     from vosrt.bench import report
     from vosrt.bench.measure import run_benchmark
-    from vosrt.runtime import outputs
+    from vosrt.runtime import safe_write
 
     if args.server:
         _run_server(args)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> None:
     results["environment"]["omp_wait_policy"] = omp_wait_policy
     print(report.format_table(results))
     if args.json:
-        outputs.write_text(args.json, json.dumps(results, indent=2) + "\n")
+        safe_write.write_text(args.json, json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot:
         report.plot(results, args.plot)
@@ -92,7 +92,7 @@ def _run_server(args: argparse.Namespace) -> None:
     from vosrt.api import load_batch
     from vosrt.bench.measure import _weights_file
     from vosrt.bench.server import format_server_table, measure_server
-    from vosrt.runtime import outputs
+    from vosrt.runtime import safe_write
 
     if not args.streams or len(args.objects) != 1:
         raise ValueError("--server needs --streams (e.g. 1,4,8) and one --objects count")
@@ -110,5 +110,5 @@ def _run_server(args: argparse.Namespace) -> None:
     if args.json:
         results = {"command": shlex.join(["vosrt", *args.argv]), "server": args.server, "in_process_backend": backend,
                    "runs": [asdict(run) for run in runs]}
-        outputs.write_text(args.json, json.dumps(results, indent=2) + "\n")
+        safe_write.write_text(args.json, json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from vosrt import evaluate
-    from vosrt.runtime import outputs
+    from vosrt.runtime import safe_write
 
     scoring = args.pred is not None or args.gt is not None
     if (args.compare is None) != scoring or (scoring and (args.pred is None or args.gt is None)):
@@ -37,5 +37,5 @@ def run(args: argparse.Namespace) -> None:
         report = evaluate.score_report(score)
         print(evaluate.format_score(score))
     if args.json:
-        outputs.write_text(args.json, json.dumps(report, indent=2) + "\n")
+        safe_write.write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")

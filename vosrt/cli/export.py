@@ -11,8 +11,9 @@ from vosrt.runtime.registry import MODEL_NAMES, MODELS
 
 from .options import add_inference_options, argument, inference_options, parse_resolution
 
-# Settings an export fixes (top_k, JointFormer's top-K options) and the memory size it records.
-EXPORT_FIELDS = ("max_mem_frames", "top_k", "topk_range", "topk_block", "topk_clstoken")
+# The memory size an export records, and the settings it fixes (each model config's export_settings()).
+EXPORT_FIELDS = ("max_mem_frames", *dict.fromkeys(field for spec in MODELS.values()
+                                                   for field in spec.config_type().export_settings()))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -133,7 +134,7 @@ def _export_graphs(args: argparse.Namespace) -> Path:
     check_opset(args.opset)  # before the weights are loaded
     config = MODELS[args.model].config_type(**inference_options(args))
     output = Path(args.output or f"{args.model}-{'fp16' if args.fp16 else 'fp32'}")
-    artifacts.check_output(output)
+    artifacts.check_export_destination(output)
     checkpoint = wts.checkpoint_for(args.model, args.weights)
     export_onnx(build_network(args.model, checkpoint), args.model, output, config=config, checkpoint=checkpoint,
                 fp16=args.fp16, opset=args.opset, custom_ops=args.custom_ops,

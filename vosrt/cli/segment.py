@@ -10,7 +10,7 @@ from vosrt.pipeline import DEFAULT_FPS
 from vosrt.runtime.backends import BACKENDS
 from vosrt.runtime.registry import MODEL_NAMES
 
-from .options import FLAGS, add_inference_options, inference_options
+from .options import add_inference_options, inference_options, option_flags
 
 
 def add_parser(sub) -> None:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> None:
 
             local = [flag for flag, value in (("--weights", args.weights), ("--backend", args.backend),
                                               ("--export-dir", args.export_dir)) if value]
-            local += [FLAGS[field] for field in inference_options(args)]
+            local += [option_flags()[field] for field in inference_options(args)]
             if local:
                 raise ValueError(f"{', '.join(local)}: the served repository fixes these (vosrt export-triton)")
 

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vosrt.runtime import outputs
+from vosrt.runtime import safe_write
 
 from .contract import CORRID, END, IMAGE, LABELS, MASK, OBJECTS, PROBABILITIES, START
 from .triton_model import SETTINGS
@@ -76,7 +76,7 @@ def export_triton(model: str, output: str | Path, serving: ServingOptions, *, we
     serving.check()
     output = Path(output)
     sources = [("--weights", weights), ("--export-dir", export_dir)]
-    outputs.check_outside(output, sources, "--output")
+    safe_write.check_outside(output, sources, "--output")
     if serving.backend == "torch":
         if export_dir is not None:
             raise ValueError("--export-dir is for --backend onnxruntime or tensorrt; torch loads --weights")
@@ -91,7 +91,7 @@ def export_triton(model: str, output: str | Path, serving: ServingOptions, *, we
         if manifest["model"] != model:
             raise ValueError(f"{export_dir} holds {manifest['model']}, not {model}")
         source, name = Path(export_dir), "export"
-    with outputs.replaced_folder(output, is_repository, "--output", "a vosrt model repository") as staging:
+    with safe_write.replaced_folder(output, is_repository, "--output", "a vosrt model repository") as staging:
         version = staging / model / VERSION
         version.mkdir(parents=True)
         (staging / model / "config.pbtxt").write_text(model_config(model, serving))

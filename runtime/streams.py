@@ -9,7 +9,7 @@
 Each stream is an ordinary :class:`~.session.Session` (its own memory, objects, frame counter
 and frame size) on the batch's shared backend; :meth:`BatchSession.step` prepares every given
 frame, then runs the model's step for all of them together (``Session._step_streams``), whose
-stage calls go through a :class:`~.batching.StageBatcher`: inputs of several streams stacked on
+stage calls go through a :class:`~.stage_batcher.StageBatcher`: inputs of several streams stacked on
 the stages' stream axis (``B``, or ``BK`` for per-object rows; :mod:`.stages`), the outputs split
 back. So every stream gets exactly what its own session would compute, and streams join, leave,
 add and remove objects at any time without rebuilding anything.
@@ -45,10 +45,10 @@ import numpy as np
 import torch
 
 from .backends.base import Backend
-from .batching import StageBatcher
+from .stage_batcher import StageBatcher
 from .config import SessionConfig
 from .family import ModelFamily
-from .session import Session, check_output, step_sessions
+from .session import Session, check_output_format, step_sessions
 
 # A stream's frame: an image, (image, mask) or (image, mask, objects), as Session.step takes them.
 FrameInput = Union[np.ndarray, tuple[np.ndarray, Union[np.ndarray, None]],
@@ -93,7 +93,7 @@ class BatchSession:
         prob}``, each what ``Session.step`` returns.
 
         Every frame is checked before any stream changes: on an error no stream has moved on."""
-        check_output(output)
+        check_output_format(output)
         unknown = [stream for stream in last if stream not in frames]
         if unknown:
             raise ValueError(f"last names streams without a frame in this step: {unknown}")

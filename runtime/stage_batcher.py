@@ -11,11 +11,15 @@ session of one video calls its backend exactly as it would without this module.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .backends.base import Backend
 from .stages import StageSpec
+
+if TYPE_CHECKING:
+    from .buckets import Bucket
 
 Member = tuple[Hashable, Mapping[str, torch.Tensor]]  # (stream, its inputs by name)
 
@@ -34,6 +38,16 @@ class StageBatcher:
         self.backend = backend
         self.max_streams = max_streams
         self._staging: dict[tuple, torch.Tensor] = {}
+
+    def memory_windows(self, buckets: Sequence["Bucket"], top_k: int) -> list[slice]:
+        """The tokens each bucket's memory read takes: the whole buffers on a ``fixed_shapes`` backend,
+        else :meth:`~.buckets.Bucket.tokens_to_read` (the tokens in use, at least ``top_k``).
+
+        Reads of several streams share a call only when they have the same length (members are
+        grouped by shape): a read extended over empty tokens to match a longer one would cost the
+        padding."""
+        return [slice(0, bucket.capacity) if self.backend.fixed_shapes else bucket.tokens_to_read(top_k)
+                for bucket in buckets]
 
     def run(self, stage: str, members: Sequence[Member]) -> list[dict[str, torch.Tensor]]:
         """The outputs of ``stage`` for each member, in order, valid until ``stage`` runs again."""

@@ -307,7 +307,7 @@ def _swap(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def check_output_folder(folder: str | Path, sources: Iterable[tuple[str, str | Path | None]], overwrite: bool,
+def check_folder_to_fill(folder: str | Path, sources: Iterable[tuple[str, str | Path | None]], overwrite: bool,
                         what: str) -> None:
     """The rules of a folder a command fills with files (``segment --output``): not protected, not
     in the inputs (``sources``, see :func:`check_outside`), and absent or empty unless
@@ -322,7 +322,7 @@ def check_output_folder(folder: str | Path, sources: Iterable[tuple[str, str | P
                               "the files this run writes (other files are left as they are)")
 
 
-def check_output_file(path: str | Path, sources: Iterable[tuple[str, str | Path | None]], overwrite: bool,
+def check_file_to_write(path: str | Path, sources: Iterable[tuple[str, str | Path | None]], overwrite: bool,
                       what: str) -> None:
     """The rules of a file a command writes (``segment --overlay``): its folder exists, it is not in
     the inputs (``sources``), and it is absent unless ``overwrite``."""
