@@ -32,9 +32,12 @@ from vosrt.runtime.config import SessionConfig
 from vosrt.runtime.registry import model_spec
 from vosrt.runtime.stages import StageSpec, example_inputs
 
-from .onnx import EXPORT_OBJECTS, EXPORT_STREAMS, stage_modules
+from .onnx import EXPORT_OBJECTS, stage_modules
 
 EXAMPLE_MEMORY_FRAMES = 2  # not 1: a memory axis of one frame's tokens would tie N to hw
+# Packages take one stream per call: exported with two, the stream axis came out fixed at 2 (a package
+# then returned two rows for one stream), so it is exported at 1 and load_batch calls it per stream.
+PACKAGE_STREAMS = 1
 
 
 def dynamic_shapes(stage: StageSpec) -> tuple:
@@ -69,7 +72,7 @@ def export_aoti(network: nn.Module, model: str, output: str | Path, *, config: S
     network = network.to(device)
     architecture = family.architecture(network)
     sizes = family.example_sizes(architecture, height, width, EXPORT_OBJECTS,
-                                 EXAMPLE_MEMORY_FRAMES, EXPORT_STREAMS)
+                                 EXAMPLE_MEMORY_FRAMES, PACKAGE_STREAMS)
     modules = stage_modules(family, network.half() if fp16 else network, settings, "compiled")
     with artifacts.staged_directory(output) as staging:
         packages = {}

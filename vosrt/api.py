@@ -124,6 +124,8 @@ def _backend(name: str, weights, backend: str | None, device: str, export_dir, f
 def _max_streams(runner: Backend) -> int | None:
     """Most streams per stage call: TensorRT engines' ``--max-streams``; any number elsewhere."""
     manifest = getattr(getattr(runner, "inner", runner), "manifest", None)
+    if manifest is not None and manifest["format"] == artifacts.AOTI_FORMAT:
+        return 1  # export/aoti.py: packages take one stream per call
     if manifest is None or manifest["format"] != artifacts.ENGINE_FORMAT:
         return None
     return manifest["profile"]["max_streams"]
