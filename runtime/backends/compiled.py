@@ -33,6 +33,7 @@ import os
 import time
 import warnings
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -49,9 +50,8 @@ DEFAULT_MAX_COMPILATIONS = 8
 def use_vosrt_inductor_cache() -> str:
     """Point inductor's caches at ``$VOSRT_CACHE/inductor`` unless ``TORCHINDUCTOR_CACHE_DIR`` is set;
     returns the folder in use."""
-    from vosrt.weights import cache_dir
-
-    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    vosrt_cache = Path(os.environ.get("VOSRT_CACHE", Path.home() / ".cache" / "vosrt"))  # as vosrt.weights.cache_dir
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(vosrt_cache / "inductor"))
 
 
 def mark_dynamic(stage: StageSpec, inputs: list[torch.Tensor]) -> None:
