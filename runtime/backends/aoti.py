@@ -22,6 +22,7 @@ from ..artifacts import AOTI_FORMAT, ArtifactError, check_aoti_compatible, load_
 from ..registry import MODELS
 from ..stages import StageSpec
 from .base import Backend
+from .compiled import dense
 
 
 class AotiBackend(Backend):
@@ -51,7 +52,9 @@ class AotiBackend(Backend):
 
     def _run(self, stage: StageSpec, inputs: list[torch.Tensor]) -> Sequence[torch.Tensor]:
         self._check_frame(stage, inputs)
-        inputs = [x.to(self.dtype) if x.is_floating_point() else x for x in inputs]
+        # a package reads its inputs with the dense strides it was compiled for: views of a filling
+        # memory (strides of the whole buffer) must be copied first
+        inputs = [dense(x.to(self.dtype) if x.is_floating_point() else x) for x in inputs]
         with torch.inference_mode():
             outputs = self.packages[stage.name](*inputs)
         return [x.float() if x.is_floating_point() else x for x in outputs]
