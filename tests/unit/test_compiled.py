@@ -169,3 +169,52 @@ def test_an_export_directory_picks_the_aoti_backend(package_dir):
     from vosrt.api import backend_for
 
     assert backend_for(package_dir) == "aoti"
+
+
+# -- a real package, on a tiny network ----------------------------------------------------------
+
+FRESH_PROCESS = """
+import sys, numpy as np, vosrt
+from test_compiled import OPTIONS, clip
+session = vosrt.load("cutie-small", export_dir=sys.argv[1], **OPTIONS)
+np.savez(sys.argv[2], *[session.step(image, mask, objects=objects) for image, mask, objects in clip()])
+"""
+
+
+def clip(frames: int = 6, size=(64, 96)):
+    """Random frames; objects 1 and 2 from frame 0, object 3 joining on frame 3."""
+    rng = np.random.default_rng(0)
+    first = np.zeros(size, np.int64)
+    first[2:18, 2:22], first[40:56, 60:80] = 1, 2
+    later = np.zeros(size, np.int64)
+    later[20:36, 30:50] = 3
+    masks = {0: (first, [1, 2]), 3: (later, [3])}
+    return [(rng.integers(0, 256, (*size, 3), dtype=np.uint8), *masks.get(i, (None, None))) for i in range(frames)]
+
+
+@pytest.mark.slow
+def test_a_package_runs_in_a_fresh_process_as_eager_torch_does(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vosrt.export.aoti import export_aoti
+
+    monkeypatch.setenv("VOSRT_CACHE", str(tmp_path))
+    spec = model_spec("cutie-small")
+    config = spec.config_type.from_options("cutie-small", OPTIONS)
+    network = tiny_cutie()
+    export_aoti(network, "cutie-small", tmp_path / "packages", config=config, resolution=(64, 96))
+    tests = Path(__file__).parent
+    subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "packages"), str(tmp_path / "probs.npz")],
+                   check=True, cwd=tests, env={**os.environ, "PYTHONPATH": f"{tests}:{tests.parent}"})
+    eager = spec.family.new_session(TorchBackend(spec.family, network, config.export_settings(), "cpu"), config)
+    got = np.load(tmp_path / "probs.npz")
+    for i, (image, mask, objects) in enumerate(clip()):
+        assert np.abs(got[f"arr_{i}"] - eager.step(image, mask, objects=objects)).max() < 1e-4, f"frame {i}"
+
+    package = tmp_path / "packages" / "mask_decoder.pt2"
+    package.write_bytes(package.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="torch cannot load .*export again") as caught:
+        vosrt.load("cutie-small", export_dir=tmp_path / "packages", check_files=False, **OPTIONS)
+    assert "\n" not in str(caught.value)
