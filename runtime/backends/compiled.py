@@ -85,10 +85,10 @@ class CompiledTorchBackend(TorchBackend):
 
     def __init__(self, family: ModelFamily, network: nn.Module, settings: Mapping[str, Any],
                  device: torch.device | str, fp16: bool = False, max_compilations: int = DEFAULT_MAX_COMPILATIONS):
+        self.cache_dir = use_vosrt_inductor_cache()  # before triton's import sets torch's default
         import vosrt.kernels.torch_ops  # noqa: F401  (registers the vosrt:: ops)
 
         super().__init__(family, network, settings, device, fp16=fp16)
-        self.cache_dir = use_vosrt_inductor_cache()
         self.max_compilations = max_compilations
         # dynamo's limit counts the graphs of one code object: every stage (and every session) compiles
         # through the same torch.compile wrapper, so the bound is raised for all stages together
