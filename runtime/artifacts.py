@@ -27,6 +27,7 @@ from .registry import MODELS, ModelSpec
 MANIFEST = "manifest.json"
 ONNX_FORMAT = "vosrt-onnx/2"
 ENGINE_FORMAT = "vosrt-tensorrt/2"
+AOTI_FORMAT = "vosrt-aoti/1"
 ENGINE_DIR = "tensorrt"  # default engine directory inside an ONNX export directory
 
 # Fields every manifest has, and those of each kind, with their JSON types.
@@ -37,8 +38,12 @@ _FIELDS = {
     ENGINE_FORMAT: _COMMON_FIELDS | {"onnx_directory": str, "environment": dict, "profile": dict,
                                      "input_shapes": dict, "engines": dict, "dla_core": (int, type(None)),
                                      "workspace_mib": int, "strongly_typed": bool},
+    AOTI_FORMAT: _COMMON_FIELDS | {"vosrt_version": str, "torch_version": str, "device": str, "device_name": str,
+                                   "resolution": list, "packages": dict, "manifest_sha256": str},
 }
-_FILES = {ONNX_FORMAT: "graphs", ENGINE_FORMAT: "engines"}
+_FILES = {ONNX_FORMAT: "graphs", ENGINE_FORMAT: "engines", AOTI_FORMAT: "packages"}
+_WHAT = {ONNX_FORMAT: "an ONNX export (export-engine --format onnx)", ENGINE_FORMAT: "a TensorRT engine directory",
+         AOTI_FORMAT: "an AOTInductor export (export-engine --format aoti)"}
 
 
 class ArtifactError(ValueError):
@@ -78,12 +83,20 @@ def is_engine_dir(directory: str | Path) -> bool:
         return False
 
 
+def is_aoti_dir(directory: str | Path) -> bool:
+    """Whether ``directory``'s manifest says it holds AOTInductor packages."""
+    try:
+        return json.loads((Path(directory) / MANIFEST).read_text()).get("format") == AOTI_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_manifest(directory: str | Path, kind: str = ONNX_FORMAT, *, check_files: bool = True) -> dict:
     """The checked manifest of an export (``kind`` :data:`ONNX_FORMAT`) or engine directory
     (:data:`ENGINE_FORMAT`). ``check_files``: also compare every file with its recorded sha256."""
     directory = Path(directory)
     path = directory / MANIFEST
-    what = "an ONNX export (export-engine --format onnx)" if kind == ONNX_FORMAT else "a TensorRT engine directory"
+    what = _WHAT[kind]
     if not path.is_file():
         raise ArtifactError(f"{directory} is not {what}: it has no {MANIFEST}")
     try:
@@ -91,6 +104,9 @@ def read_manifest(directory: str | Path, kind: str = ONNX_FORMAT, *, check_files
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ArtifactError(f"{path} is not valid JSON ({err}); export again") from None
     _check_fields(manifest, path, kind)
+    if kind == AOTI_FORMAT and manifest["manifest_sha256"] != manifest_digest(manifest):
+        raise ArtifactError(f"{path} was edited after the export (its manifest_sha256 does not match its content): "
+                            "export again")
     files = manifest[_FILES[kind]]
     missing = [stage for stage in MODELS[manifest["model"]].family.stages if stage not in files]
     if missing:
@@ -152,7 +168,45 @@ def load_errors(directory: str | Path, runtime: str = "ONNX Runtime") -> Iterato
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write ``manifest``; an AOTInductor manifest gets the digest of its own content
+    (``manifest_sha256``), so that an edited manifest is refused."""
+    if manifest.get("format") == AOTI_FORMAT:
+        manifest = {**manifest, "manifest_sha256": manifest_digest(manifest)}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of ``manifest``'s content besides ``manifest_sha256`` (canonical JSON)."""
+    content = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name on CUDA, the CPU model elsewhere (what an AOTInductor package was compiled for)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def check_aoti_compatible(manifest: dict, device: torch.device, directory: str | Path) -> None:
+    """ArtifactError unless the packages of ``manifest`` were built by this vosrt and torch for
+    ``device``'s type (and, on CUDA, the same GPU model); the message says how to rebuild them."""
+    rebuild = f"rebuild them here: export-engine {manifest['model']} --format aoti --device {device.type}"
+    here = {"vosrt_version": vosrt_version(), "torch_version": torch.__version__, "device": device.type}
+    if device.type == "cuda":
+        here["device_name"] = device_name(device)
+    for field, value in here.items():
+        if manifest[field] != value:
+            raise ArtifactError(f"the packages in {directory} were built with {field.replace('_', ' ')} "
+                                f"{manifest[field]!r}, here it is {value!r}; {rebuild}")
 
 
 def describe_file(path: Path, **extra) -> dict:

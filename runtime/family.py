@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 # How a stage computes its top-K attention: "eager" (the dispatchers: the Triton kernels on CUDA,
 # the torch reference elsewhere), "graph" (standard ONNX ops, what an export holds), "reference"
-# (the official formulation, what exports are verified against), "custom_ops" (one custom ONNX node).
-FORMULATIONS = ("eager", "graph", "reference", "custom_ops")
+# (the official formulation, what exports are verified against), "custom_ops" (one custom ONNX node),
+# "compiled" (the torch library ops of kernels/torch_ops.py: torch.compile and AOTInductor).
+FORMULATIONS = ("eager", "graph", "reference", "custom_ops", "compiled")
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def load(name: str, weights: str | Path | None = None, *, backend: str | None = None, device: str = "cpu",
          export_dir: str | Path | None = None, fp16: bool = False, amp: bool = False, cuda_graph: bool = False,
-         check_files: bool = True, **options) -> Session:
+         check_files: bool = True, compile: bool = False, **options) -> Session:
     """Create a segmentation session.
 
     name: ``cutie-small``, ``cutie-base`` or ``jointformer``. weights: a checkpoint file; None downloads the
-    official one. backend: ``torch`` (eager), ``onnxruntime`` or ``tensorrt``; None: the one
+    official one. backend: ``torch`` (eager), ``onnxruntime``, ``tensorrt`` or ``aoti`` (AOTInductor packages); None: the one
     ``export_dir``'s manifest is for (:func:`backend_for`), ``torch`` without ``export_dir``.
     export_dir: onnxruntime: a directory written by ``export-engine --format onnx`` (None:
     the graphs are exported once into the cache); tensorrt (required): a directory written by
@@ -56,6 +56,9 @@ def load(name: str, weights: str | Path | None = None, *, backend: str | None = 
     onnxruntime: fp16 graphs; tensorrt: asserts the engines are fp16 (they fix the precision).
     amp (torch, CUDA): the official AMP, the whole step under autocast (eager baseline).
     cuda_graph (torch or tensorrt, CUDA): replay each stage as a CUDA graph per input shapes.
+    compile (torch): each stage through ``torch.compile`` (:mod:`vosrt.runtime.backends.compiled`);
+    ``session.backend.compilations`` counts the compilations per stage. With ``cuda_graph`` the
+    compiled stages are captured as CUDA graphs.
     check_files: compare every file of ``export_dir`` with the sha256 its manifest records
     (False for graphs edited on purpose). The manifest is checked against the graphs either way
     (:func:`vosrt.runtime.export_check.check_graphs`), and with ``weights`` it must record that
@@ -66,13 +69,13 @@ def load(name: str, weights: str | Path | None = None, *, backend: str | None = 
     ``include_last``, ``topk_range``, ``topk_block``, ``topk_clstoken``.
     """
     spec, config, runner = _backend(name, weights, backend, device, export_dir, fp16, amp, cuda_graph, check_files,
-                                    options)
+                                    compile, options)
     return spec.family.new_session(runner, config, amp=amp)
 
 
 def load_batch(name: str, weights: str | Path | None = None, *, backend: str | None = None, device: str = "cpu",
                export_dir: str | Path | None = None, fp16: bool = False, amp: bool = False, cuda_graph: bool = False,
-               check_files: bool = True, **options) -> BatchSession:
+               check_files: bool = True, compile: bool = False, **options) -> BatchSession:
     """Create a session for several videos at once (:class:`~vosrt.runtime.streams.BatchSession`):
     ``batch.step({stream: frame})`` runs each stage once for all streams where their shapes allow.
     Arguments as in :func:`load`. TensorRT engines take at most the ``--max-streams`` of their
@@ -80,7 +83,7 @@ def load_batch(name: str, weights: str | Path | None = None, *, backend: str | N
     from vosrt.runtime.streams import BatchSession
 
     spec, config, runner = _backend(name, weights, backend, device, export_dir, fp16, amp, cuda_graph, check_files,
-                                    options)
+                                    compile, options)
     return BatchSession(spec.family, runner, config, amp=amp, max_streams=_max_streams(runner))
 
 
@@ -89,11 +92,14 @@ def backend_for(export_dir: str | Path | None) -> str:
     ``onnxruntime``; ``torch`` without one."""
     if export_dir is None:
         return "torch"
+    if artifacts.is_aoti_dir(export_dir):
+        return "aoti"
     return "tensorrt" if artifacts.is_engine_dir(export_dir) else "onnxruntime"
 
 
 def _backend(name: str, weights, backend: str | None, device: str, export_dir, fp16: bool, amp: bool,
-             cuda_graph: bool, check_files: bool, options: dict) -> tuple[ModelSpec, SessionConfig, Backend]:
+             cuda_graph: bool, check_files: bool, compile: bool,
+             options: dict) -> tuple[ModelSpec, SessionConfig, Backend]:
     """The model, its settings and the backend of :func:`load` and :func:`load_batch`."""
     if export_dir is not None and not Path(export_dir).is_dir():
         raise FileNotFoundError(f"export directory {export_dir} does not exist: export-engine makes it (TensorRT "
@@ -104,9 +110,14 @@ def _backend(name: str, weights, backend: str | None, device: str, export_dir, f
     spec = model_spec(name)
     config = spec.config_type.from_options(name, options)
     _check_gpu_options(spec, backend, torch.device(device), fp16, amp, cuda_graph)
+    if compile and backend != "torch":
+        raise ValueError(f"compile=True compiles the torch backend's stages; backend={backend!r} runs its own "
+                         "artifacts (for compiled packages: export-engine --format aoti, backend='aoti')")
     device = resolve_device(device)
     if backend == "torch":
-        runner = _torch_backend(spec, weights, config, device, fp16)
+        runner = _torch_backend(spec, weights, config, device, fp16, compile)
+    elif backend == "aoti":
+        runner = _aoti_backend(spec, config, device, export_dir, fp16, check_files)
     elif backend == "onnxruntime":
         runner = _onnxruntime_backend(spec, weights, config, device, export_dir, fp16, check_files)
     else:
@@ -121,6 +132,8 @@ def _backend(name: str, weights, backend: str | None, device: str, export_dir, f
 def _max_streams(runner: Backend) -> int | None:
     """Most streams per stage call: TensorRT engines' ``--max-streams``; any number elsewhere."""
     manifest = getattr(getattr(runner, "inner", runner), "manifest", None)
+    if manifest is not None and manifest["format"] == artifacts.AOTI_FORMAT:
+        return 1  # export/aoti.py: packages take one stream per call
     if manifest is None or manifest["format"] != artifacts.ENGINE_FORMAT:
         return None
     return manifest["profile"]["max_streams"]
@@ -143,16 +156,19 @@ def _check_gpu_options(spec: ModelSpec, backend: str, device: torch.device, fp16
     if amp and cuda_graph:
         raise ValueError("amp=True is the eager AMP baseline; for fp16 with CUDA graphs use fp16=True, cuda_graph=True "
                          "(jointformer: with backend='tensorrt')")
-    if cuda_graph and backend == "onnxruntime":
+    if cuda_graph and backend in ("onnxruntime", "aoti"):
         raise ValueError("cuda_graph=True applies to backend='torch' or 'tensorrt'")
     if asked and not torch.cuda.is_available():
         raise ValueError(f"{asked[0]} needs an NVIDIA GPU, and no CUDA GPU is available here")
 
 
-def _torch_backend(spec: ModelSpec, weights, config: SessionConfig, device: torch.device, fp16: bool) -> Backend:
+def _torch_backend(spec: ModelSpec, weights, config: SessionConfig, device: torch.device, fp16: bool,
+                   compile: bool = False) -> Backend:
+    from vosrt.runtime.backends.compiled import CompiledTorchBackend
     from vosrt.runtime.backends.torch import TorchBackend
 
-    return TorchBackend(spec.family, build_network(spec.name, weights), config.export_settings(), device, fp16=fp16)
+    backend_type = CompiledTorchBackend if compile else TorchBackend
+    return backend_type(spec.family, build_network(spec.name, weights), config.export_settings(), device, fp16=fp16)
 
 
 def _onnxruntime_backend(spec: ModelSpec, weights, config: SessionConfig, device: torch.device, export_dir,
@@ -194,6 +210,18 @@ def _cached_export_fits(export_dir: Path, checkpoint: Path) -> bool:
     except artifacts.ArtifactError:
         return False
     return manifest.get("checkpoint") is not None
+
+
+def _aoti_backend(spec: ModelSpec, config: SessionConfig, device: torch.device, export_dir, fp16: bool,
+                  check_files: bool) -> Backend:
+    from vosrt.runtime.backends.aoti import AotiBackend
+
+    if export_dir is None:
+        raise ValueError(f"backend='aoti' needs export_dir: a directory written by export-engine {spec.name} "
+                         "--format aoti on this machine")
+    manifest = artifacts.read_manifest(export_dir, artifacts.AOTI_FORMAT, check_files=check_files)
+    artifacts.check_fits(manifest, spec, config, fp16, export_dir)
+    return AotiBackend(export_dir, device, check_files=check_files)
 
 
 def _tensorrt_backend(spec: ModelSpec, config: SessionConfig, device: torch.device, export_dir, fp16: bool,

@@ -1,4 +1,4 @@
-"""One backend per runtime (eager torch, ONNX Runtime, TensorRT) behind :class:`~.base.Backend`,
+"""One backend per runtime (eager torch, ONNX Runtime, TensorRT, AOTInductor packages) behind :class:`~.base.Backend`,
 and CUDA-graph replay as a wrapper around any CUDA backend. No torch import here."""
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "aoti")

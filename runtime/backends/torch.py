@@ -23,6 +23,7 @@ class TorchBackend(Backend):
     """
 
     slot_major_values = True
+    formulation = "eager"  # the top-K formulation its stages run (runtime.family.FORMULATIONS)
 
     def __init__(self, family: ModelFamily, network: nn.Module, settings: Mapping[str, Any],
                  device: torch.device | str, fp16: bool = False):
@@ -33,12 +34,15 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             self.constants = {name: t.to(self.device) for name, t in family.constants(self.network).items()}
         self.fp16 = fp16
-        options = family.stage_options(settings, "eager")
+        options = family.stage_options(settings, self.formulation)
         self._methods = {name: stage_method(self.network, stage, options.get(name, {}))
                          for name, stage in self.stages.items()}
 
     def _run(self, stage: StageSpec, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        autocast = (torch.autocast(self.device.type, dtype=torch.float16, cache_enabled=False) if self.fp16
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self._autocast():
             return self._methods[stage.name](*inputs)
+
+    def _autocast(self):
+        """fp16 autocast with ``fp16``, else nothing (a caller's autocast applies)."""
+        return (torch.autocast(self.device.type, dtype=torch.float16, cache_enabled=False) if self.fp16
+                else contextlib.nullcontext())

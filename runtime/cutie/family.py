@@ -64,6 +64,15 @@ _TOPK = {
 }
 
 
+def _topk(formulation: str) -> tuple:
+    """(readout, usage) of ``formulation``; "compiled" imports the torch library ops (and triton) here."""
+    if formulation != "compiled":
+        return _TOPK[formulation]
+    from vosrt.kernels import torch_ops
+
+    return torch_ops.topk_readout, kernels.topk_usage_scatter
+
+
 class CutieFamily(ModelFamily):
     stages = STAGES
     memory_symbol = "N"
@@ -100,7 +109,7 @@ class CutieFamily(ModelFamily):
                 "Cs": a["sensory_dim"], "Q": a["num_queries"], "C8": a["ms_dims"][1], "C4": a["ms_dims"][2]}
 
     def stage_options(self, settings: Mapping[str, Any], formulation: str) -> dict[str, dict]:
-        readout, usage = _TOPK[formulation]
+        readout, usage = _topk(formulation)
         top_k = settings["top_k"]
         return {"memory_readout": {"top_k": top_k, "readout_fn": readout},
                 "memory_usage": {"top_k": top_k, "usage_fn": usage}}

@@ -89,8 +89,12 @@ class JointFormerFamily(ModelFamily):
 
     def stage_options(self, settings: Mapping[str, Any], formulation: str) -> dict[str, dict]:
         topk = TopKConfig(**settings)
+        if formulation == "compiled":  # the torch library op (imports triton)
+            from vosrt.kernels.torch_ops import joint_attention as attention
+        else:
+            attention = _ATTENTION[formulation]
         return {"reference_encoder": {"topk": topk}, "decoder": {"topk": topk},
-                "joint_propagation": {"topk": topk, "attention": _ATTENTION[formulation]}}
+                "joint_propagation": {"topk": topk, "attention": attention}}
 
     def memory_frames(self, max_mem_frames: int) -> int:
         """The reference-cache slots, the ``include_last`` slot counted."""

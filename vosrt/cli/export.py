@@ -19,10 +19,13 @@ EXPORT_FIELDS = ("max_mem_frames", *dict.fromkeys(field for spec in MODELS.value
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", choices=MODEL_NAMES, help="the model to export (not with --from-onnx)")
     p.add_argument("--weights", help="checkpoint file (default: download the official one)")
-    p.add_argument("--format", choices=("onnx", "engine"), default="engine",
+    p.add_argument("--format", choices=("onnx", "engine", "aoti"), default="engine",
                    help="engine (default): ONNX graphs, then TensorRT engines in <output>/tensorrt (needs TensorRT "
                         "and an NVIDIA GPU; without them the ONNX graphs are kept, the trtexec commands printed and "
-                        "the exit status is 0); onnx: graphs only")
+                        "the exit status is 0); onnx: graphs only; aoti: one AOTInductor package (.pt2) per stage, "
+                        "compiled for --device and --resolution on this machine (backend='aoti')")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="--format aoti: the device the packages run on (default cpu)")
     p.add_argument("--fp16", action="store_true", help="fp16 graphs (similarity, softmax and normalisations stay fp32)")
     p.add_argument("--custom-ops", action="store_true",
                    help="export Cutie's top-k readout as one vosrt::TopKReadout node, JointFormer's top-K filtered "
@@ -74,6 +77,10 @@ def run(args: argparse.Namespace) -> None:
         onnx_dir, output = Path(args.from_onnx), args.output
     elif args.model is None:
         raise ValueError(f"name the model to export ({', '.join(MODEL_NAMES)}) or pass --from-onnx DIR")
+    elif args.format == "aoti":
+        directory = _export_packages(args)
+        print(_next_steps(args.model, directory))
+        return
     else:
         onnx_dir, output = _export_graphs(args), None
     if args.trtexec:
@@ -102,7 +109,7 @@ def _next_steps(model: str, directory: Path) -> str:
     from vosrt.runtime import artifacts
 
     lines = ["next:", f"  vosrt segment {model} --export-dir {directory} --input FRAMES --masks MASKS --output OUT"]
-    if not artifacts.is_engine_dir(directory):
+    if not artifacts.is_engine_dir(directory) and not artifacts.is_aoti_dir(directory):
         lines += [f"  vosrt verify {directory}            # each graph against the eager model",
                   f"  export-engine --from-onnx {directory}  # TensorRT engines, on the GPU that will run them"]
     return "\n".join(lines)
@@ -122,6 +129,30 @@ def _check_from_onnx(args: argparse.Namespace) -> None:
     manifest = artifacts.read_manifest(args.from_onnx, check_files=args.check_files)
     if args.model and args.model != manifest["model"]:
         raise ValueError(f"{args.from_onnx} holds {manifest['model']}, not {args.model}")
+
+
+def _export_packages(args: argparse.Namespace) -> Path:
+    """The AOTInductor packages of ``export-engine MODEL --format aoti``; returns their directory."""
+    from vosrt import weights as wts
+    from vosrt.api import build_network, resolve_device
+    from vosrt.export.aoti import export_aoti
+    from vosrt.runtime import artifacts
+
+    if args.model is None:
+        raise ValueError(f"name the model to compile ({', '.join(MODEL_NAMES)})")
+    if args.custom_ops:
+        raise ValueError("--custom-ops is for ONNX graphs; AOTInductor packages hold the top-K as compiled code")
+    resolve_device(args.device)
+    config = MODELS[args.model].config_type(**inference_options(args))
+    height, width = ((size + 15) // 16 * 16 for size in args.resolution)
+    output = Path(args.output or f"{args.model}-aoti-{args.device}-{'fp16' if args.fp16 else 'fp32'}")
+    artifacts.check_output(output)
+    checkpoint = wts.checkpoint_for(args.model, args.weights)
+    export_aoti(build_network(args.model, checkpoint), args.model, output, config=config, checkpoint=checkpoint,
+                device=args.device, fp16=args.fp16, resolution=(height, width),
+                progress=lambda line: print(line, flush=True))
+    print(f"wrote AOTInductor packages and manifest.json to {output}")
+    return output
 
 
 def _export_graphs(args: argparse.Namespace) -> Path:
