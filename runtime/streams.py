@@ -100,7 +100,7 @@ class BatchSession:
         sessions = {stream: self.sessions.get(stream) or self._new_session() for stream in frames}
         prepared = []
         for stream, given in frames.items():
-            image, mask, objects = _unpack(stream, given)
+            image, mask, objects = unpack_frame(stream, given)
             try:
                 prepared.append((sessions[stream], sessions[stream]._prepare(image, mask, objects, stream in last)))
             except ValueError as err:
@@ -131,7 +131,7 @@ class BatchSession:
         return self.sessions[stream]
 
 
-def _unpack(stream: Hashable, given) -> tuple:
+def unpack_frame(stream: Hashable, given) -> tuple:
     """``image``, ``(image, mask)`` or ``(image, mask, objects)`` -> (image, mask, objects)."""
     if isinstance(given, tuple) and len(given) in (2, 3):
         return (*given, None) if len(given) == 2 else given

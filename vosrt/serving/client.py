@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vosrt.runtime.streams import unpack_frame
+
 from .contract import IMAGE, MASK, OBJECTS, PROBABILITIES
 
 DEFAULT_TIMEOUT = 60.0
@@ -144,7 +146,7 @@ class ServerStreams:
 
     def _request(self, stream: Hashable, given, is_last: bool) -> tuple:
         """Check and encode one frame -> (record, inputs, start, end); the record is new for a new stream."""
-        image, mask, objects = _unpack(stream, given)
+        image, mask, objects = unpack_frame(stream, given)
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"stream {stream!r}: the image must be HxWx3 uint8 RGB, got {image.dtype} "
@@ -239,16 +241,6 @@ def _channel_args(grpcclient) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size),
             ("grpc.use_local_subchannel_pool", 1), ("grpc.initial_reconnect_backoff_ms", 250),
             ("grpc.max_reconnect_backoff_ms", 2000)]
-
-
-def _unpack(stream: Hashable, given) -> tuple:
-    """``image``, ``(image, mask)`` or ``(image, mask, objects)`` -> (image, mask, objects)."""
-    if isinstance(given, tuple) and len(given) in (2, 3):
-        return (*given, None) if len(given) == 2 else given
-    if isinstance(given, tuple):
-        raise ValueError(f"stream {stream!r}: give an image, (image, mask) or (image, mask, objects), "
-                         f"not a tuple of {len(given)}")
-    return given, None, None
 
 
 def connect(urls: Sequence[str] | str, model: str, *, timeout: float = DEFAULT_TIMEOUT) -> ServerStreams:
