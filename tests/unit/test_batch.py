@@ -8,7 +8,7 @@ import torch
 
 import vosrt
 from fakes.backends import ArithmeticBackend, OneStreamPerCall, ReusedOutputBuffers
-from stream_clips import (label_flips_outside_near_ties, long_clip, max_dprob_per_stream, run_batched, run_independent,
+from stream_clips import (THREAD_SPREAD, label_flips_outside_near_ties, long_clip, max_dprob_per_stream, run_batched, run_independent,
                           shapes_clip, stream_schedule)
 from vosrt.api import build_network
 from vosrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -45,11 +45,6 @@ def _check_exact(model, weights, streams, frames, **options):
     assert max(worst.values()) == 0, worst
 
 
-# The rounding noise of one session: max |dprob| between 1 and 2 torch threads of independent eager
-# sessions on the clips of the parity tests below (stream_clips.thread_spread over
-# stream_schedule(4, 9) for Cutie, stream_schedule(4, 6) for JointFormer; seed-1 weights, the options
-# below), measured on the 2-core CI machine: cutie-small 2.7e-5, jointformer 6.7e-4.
-THREAD_SPREAD = {"cutie-small": 2.7e-5, "jointformer": 6.7e-4}
 CUTIE = dict(mem_every=2, max_mem_frames=3, top_k=30, max_internal_size=128)
 CUTIE_LONG_TERM = dict(mem_every=1, max_internal_size=128, use_long_term=True, long_term_max_mem_frames=3,
                        long_term_min_mem_frames=2, long_term_num_prototypes=8, long_term_max_num_tokens=40,
