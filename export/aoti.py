@@ -4,7 +4,7 @@ Each stage is exported with ``torch.export`` and compiled by
 ``torch._inductor.aoti_compile_and_package`` into ``<stage>.pt2``, a package that runs without
 the model's Python code (:class:`vosrt.runtime.backends.aoti.AotiBackend` loads them). The
 axes the stage specs declare as varying within a video (memory tokens, objects, streams:
-:data:`vosrt.runtime.backends.compiled.COMPILE_DYNAMIC`) are dynamic, found by export
+:attr:`vosrt.runtime.family.ModelFamily.video_symbols`) are dynamic, found by export
 (``Dim.AUTO``, so that ``BK = B x K`` and the like are derived, not declared); the frame size
 is fixed at export (``--resolution``, padded to multiples of 16, as TensorRT engines fix their
 profile). The top-K attention goes in as the torch library ops of :mod:`vosrt.kernels.torch_ops`,
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from vosrt.runtime import artifacts
-from vosrt.runtime.backends.compiled import COMPILE_DYNAMIC, use_vosrt_inductor_cache
+from vosrt.runtime.backends.compiled import use_vosrt_inductor_cache
 from vosrt.runtime.config import SessionConfig
 from vosrt.runtime.registry import model_spec
 from vosrt.runtime.stages import StageSpec, example_inputs
@@ -40,10 +40,10 @@ EXAMPLE_MEMORY_FRAMES = 2  # not 1: a memory axis of one frame's tokens would ti
 PACKAGE_STREAMS = 1
 
 
-def dynamic_shapes(stage: StageSpec) -> tuple:
+def dynamic_shapes(stage: StageSpec, video_symbols: frozenset[str]) -> tuple:
     """``torch.export``'s ``dynamic_shapes`` of ``stage``'s inputs: ``Dim.AUTO`` on the axes that
-    vary within a video, static elsewhere."""
-    return tuple({axis: torch.export.Dim.AUTO for axis, dim in enumerate(spec.shape) if dim in COMPILE_DYNAMIC}
+    vary within a video (``video_symbols``), static elsewhere."""
+    return tuple({axis: torch.export.Dim.AUTO for axis, dim in enumerate(spec.shape) if dim in video_symbols}
                  or None for spec in stage.inputs)
 
 
@@ -83,7 +83,7 @@ def export_aoti(network: nn.Module, model: str, output: str | Path, *, config: S
             inputs = tuple(x.to(device, torch.float16 if fp16 and x.is_floating_point() else x.dtype)
                            for x in example_inputs(stage, sizes))
             path = staging / f"{name}.pt2"
-            _compile_stage(module, stage, inputs, path)
+            _compile_stage(module, stage, inputs, path, family.video_symbols)
             seconds = round(time.perf_counter() - start, 1)
             progress(f"  {name}: {seconds} s")
             packages[name] = artifacts.describe_file(path, compile_seconds=seconds)
@@ -102,9 +102,10 @@ def export_aoti(network: nn.Module, model: str, output: str | Path, *, config: S
     return output
 
 
-def _compile_stage(module: nn.Module, stage: StageSpec, inputs: tuple, path: Path) -> None:
+def _compile_stage(module: nn.Module, stage: StageSpec, inputs: tuple, path: Path,
+                   video_symbols: frozenset[str]) -> None:
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
         # the stage module takes *inputs: export binds them as one tuple argument
-        program = torch.export.export(module, inputs, dynamic_shapes=(dynamic_shapes(stage),))
+        program = torch.export.export(module, inputs, dynamic_shapes=(dynamic_shapes(stage, video_symbols),))
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))

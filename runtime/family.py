@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
-from .stages import StageSpec, frame_sizes
+from .stages import STREAM_AXES, StageSpec, frame_sizes
 
 if TYPE_CHECKING:
     from .backends.base import Backend
@@ -55,6 +55,12 @@ class ModelFamily(ABC):
 
     def __init__(self) -> None:
         self.session_type.family = self  # its sessions allocate their state from these declarations
+
+    @property
+    def video_symbols(self) -> frozenset[str]:
+        """The symbols whose size changes within one video: the memory tokens, the objects and the
+        stream axes (the frame's symbols are fixed for a video)."""
+        return frozenset({self.memory_symbol, "K", "K+1", *STREAM_AXES})
 
     @abstractmethod
     def build_network(self, variant: str, state_dict: Mapping[str, torch.Tensor] | None = None) -> nn.Module:

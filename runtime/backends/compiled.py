@@ -1,8 +1,8 @@
 """``vosrt.load(model, compile=True)``: the torch backend with every stage through ``torch.compile``.
 
 Each stage's network method is compiled whole (``fullgraph=True``, inductor) the first time it
-runs. The axes the stage specs declare as varying within a video (:data:`COMPILE_DYNAMIC`:
-memory tokens ``N``/``M``, objects ``K``, streams ``B``/``BK``) are marked dynamic on every call
+runs. The axes the stage specs declare as varying within a video (``ModelFamily.video_symbols``:
+memory tokens, objects ``K``, streams ``B``/``BK``) are marked dynamic on every call
 (``torch._dynamo.maybe_mark_dynamic``), so a filling memory and objects that come and go reuse
 the compiled graph; the frame size stays static (one compilation per resolution). torch
 specialises axes of size 0 and 1, so the first call with two objects (after one) or two streams
@@ -43,7 +43,6 @@ from ..family import ModelFamily
 from ..stages import StageSpec
 from .torch import TorchBackend
 
-COMPILE_DYNAMIC = frozenset({"N", "M", "K", "K+1", "B", "BK"})
 DEFAULT_MAX_COMPILATIONS = 8
 
 
@@ -54,11 +53,11 @@ def use_vosrt_inductor_cache() -> str:
     return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(vosrt_cache / "inductor"))
 
 
-def mark_dynamic(stage: StageSpec, inputs: list[torch.Tensor]) -> None:
-    """Mark the axes of ``inputs`` that vary within a video (:data:`COMPILE_DYNAMIC`) dynamic."""
+def mark_dynamic(stage: StageSpec, inputs: list[torch.Tensor], video_symbols: frozenset[str]) -> None:
+    """Mark the axes of ``inputs`` that vary within a video (their symbol is one of ``video_symbols``) dynamic."""
     for spec, x in zip(stage.inputs, inputs):
         for axis, dim in enumerate(spec.shape):
-            if dim in COMPILE_DYNAMIC:
+            if dim in video_symbols:
                 torch._dynamo.maybe_mark_dynamic(x, axis)
 
 
@@ -90,6 +89,7 @@ class CompiledTorchBackend(TorchBackend):
 
         super().__init__(family, network, settings, device, fp16=fp16)
         self.max_compilations = max_compilations
+        self.video_symbols = family.video_symbols
         # dynamo's limit counts the graphs of one code object: every stage (and every session) compiles
         # through the same torch.compile wrapper, so the bound is raised for all stages together
         limit = torch._dynamo.config.recompile_limit
@@ -120,7 +120,7 @@ class CompiledTorchBackend(TorchBackend):
 
     def _run(self, stage: StageSpec, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         inputs = [dense(x) for x in inputs]
-        mark_dynamic(stage, inputs)
+        mark_dynamic(stage, inputs, self.video_symbols)
         before, start = self.compilations[stage.name], time.perf_counter()
         with torch.inference_mode(), self._autocast():
             outputs = self._compiled[stage.name](*inputs)
